@@ -1,0 +1,459 @@
+//! Wiring: the embedded broker, the MQTT connection and the one task that
+//! owns the bridge's state and answers what arrives.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use rumqttc::{AsyncClient, QoS, SubscribeFilter};
+use serde_json::{Map, Value, json};
+use time::OffsetDateTime;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::core::registry::Registry;
+use crate::drivers::{DriverEvent, DriverHandle};
+use crate::model::{DeviceCommand, DeviceKind};
+use crate::mqtt::connection::{Connection, Incoming};
+use crate::mqtt::discovery::{self, DiscoveryMessage};
+use crate::mqtt::outbox::{Class, Message, Outbox};
+use crate::mqtt::topics::IncomingTopic;
+use crate::mqtt::{Topics, commands, payloads, settings};
+
+/// How often the bridge's own state (uptime, counters) is refreshed.
+pub const BRIDGE_STATE_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Runs the bridge until `shutdown` is cancelled.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    if config.broker.enabled {
+        crate::broker::start(&config.broker)
+            .await
+            .context("embedded broker")?;
+    }
+    let topics = Topics::from_config(&config);
+    let options = settings::mqtt_options(&config, &topics)?;
+    let endpoint = settings::endpoint(&config).map_err(anyhow::Error::msg)?;
+    tracing::info!(broker = %endpoint, base = topics.base(), "starting energy2mqtt {}", env!("CARGO_PKG_VERSION"));
+    let mut conn = Connection::start(options, config.mqtt.reconnect_max);
+    let (_driver_tx, mut driver_rx) = mpsc::channel::<DriverEvent>(256);
+    let mut bridge = Bridge::new(config, topics, conn.outbox.clone(), conn.client.clone());
+    bridge.publish_initial();
+
+    let mut stats_tick = tokio::time::interval(BRIDGE_STATE_INTERVAL);
+    stats_tick.tick().await;
+    let mut sessions_seen = 0;
+    loop {
+        let gc_deadline = bridge.gc.as_ref().map(|g| g.deadline);
+        let birth_deadline = bridge.ha_birth_at;
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            changed = conn.status.changed() => {
+                if changed.is_err() {
+                    anyhow::bail!("the MQTT connection task stopped");
+                }
+                let status = *conn.status.borrow_and_update();
+                if status.connected && status.sessions > sessions_seen {
+                    sessions_seen = status.sessions;
+                    bridge.on_session(status.sessions).await;
+                }
+            }
+            Some(msg) = conn.incoming.recv() => bridge.on_incoming(msg),
+            Some(ev) = driver_rx.recv() => bridge.on_driver_event(ev),
+            _ = sleep_until(gc_deadline), if gc_deadline.is_some() => bridge.finish_cleanup().await,
+            _ = sleep_until(birth_deadline), if birth_deadline.is_some() => bridge.on_ha_birth(),
+            _ = stats_tick.tick() => bridge.publish_bridge_state(),
+        }
+    }
+    tracing::info!("shutting down");
+    let offline = Message::retained(
+        Class::BridgeState,
+        bridge.topics.bridge_state(),
+        payloads::OFFLINE,
+    );
+    conn.shutdown(Some(offline), Duration::from_secs(2)).await;
+    Ok(())
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Our retained discovery configs seen since start-up, collected for a
+/// short window so that those the configuration dropped can be cleared.
+#[derive(Debug)]
+struct Cleanup {
+    deadline: Instant,
+    found: BTreeSet<String>,
+}
+
+/// The state the bridge task owns.
+pub struct Bridge {
+    config: Config,
+    topics: Topics,
+    outbox: Arc<Outbox>,
+    client: AsyncClient,
+    discovery: Vec<DiscoveryMessage>,
+    registry: Registry,
+    drivers: HashMap<String, DriverHandle>,
+    started: Instant,
+    started_at: OffsetDateTime,
+    reconnects: u64,
+    commands_rejected: u64,
+    gc: Option<Cleanup>,
+    ha_birth_at: Option<Instant>,
+}
+
+impl Bridge {
+    pub fn new(config: Config, topics: Topics, outbox: Arc<Outbox>, client: AsyncClient) -> Self {
+        let discovery = discovery_messages(&config, &topics);
+        let registry = Registry::from_config(&config);
+        Self {
+            config,
+            topics,
+            outbox,
+            client,
+            discovery,
+            registry,
+            drivers: HashMap::new(),
+            started: Instant::now(),
+            started_at: OffsetDateTime::now_utc(),
+            reconnects: 0,
+            commands_rejected: 0,
+            gc: None,
+            ha_birth_at: None,
+        }
+    }
+
+    /// Everything retained the bridge publishes before any device speaks.
+    fn publish_initial(&mut self) {
+        for m in &self.discovery {
+            self.outbox.push(Message::retained(
+                Class::Discovery,
+                m.topic.clone(),
+                m.payload.to_string(),
+            ));
+        }
+        self.publish_bridge_info();
+        self.publish_bridge_state();
+    }
+
+    async fn on_session(&mut self, session: u64) {
+        if session > 1 {
+            self.reconnects += 1;
+        }
+        let mut filters: Vec<SubscribeFilter> = self
+            .topics
+            .command_filters()
+            .into_iter()
+            .map(|f| SubscribeFilter::new(f, QoS::AtLeastOnce))
+            .collect();
+        if session == 1 {
+            // Retained configs arrive right after the subscription; the
+            // window only bounds how long we wait for a slow broker.
+            filters.push(SubscribeFilter::new(
+                self.topics.discovery_filter(),
+                QoS::AtLeastOnce,
+            ));
+            self.gc = Some(Cleanup {
+                deadline: Instant::now() + self.config.homeassistant.cleanup_window,
+                found: BTreeSet::new(),
+            });
+        }
+        if let Err(e) = self.client.subscribe_many(filters).await {
+            tracing::error!(error = %e, "subscribing to command topics failed");
+        }
+        self.outbox.push(Message::retained(
+            Class::BridgeState,
+            self.topics.bridge_state(),
+            payloads::ONLINE,
+        ));
+        self.publish_bridge_state();
+        // After a reconnect the broker may have lost retained messages
+        // (rumqttd keeps them in memory only): publish everything again.
+        self.outbox.requeue(|_| true);
+    }
+
+    fn on_ha_birth(&mut self) {
+        self.ha_birth_at = None;
+        tracing::info!("Home Assistant is online: republishing availability and states");
+        self.outbox.requeue(|c| {
+            matches!(c, Class::BridgeState | Class::Availability | Class::State)
+        });
+    }
+
+    async fn finish_cleanup(&mut self) {
+        let Some(gc) = self.gc.take() else { return };
+        if let Err(e) = self.client.unsubscribe(self.topics.discovery_filter()).await {
+            tracing::debug!(error = %e, "unsubscribe from discovery topics failed");
+        }
+        for topic in discovery::stale_topics(&gc.found, &self.discovery) {
+            tracing::info!(%topic, "removing discovery config the configuration no longer produces");
+            self.outbox
+                .push(Message::retained(Class::Discovery, topic, Vec::<u8>::new()));
+        }
+    }
+
+    fn on_incoming(&mut self, msg: Incoming) {
+        let kind = self.topics.classify(&msg.topic);
+        match kind {
+            IncomingTopic::HaStatus => {
+                if msg.payload.trim_ascii() == b"online" {
+                    self.ha_birth_at =
+                        Some(Instant::now() + self.config.homeassistant.birth_delay);
+                }
+            }
+            IncomingTopic::DiscoveryConfig => {
+                if let Some(gc) = &mut self.gc {
+                    if msg.retain
+                        && !msg.payload.is_empty()
+                        && discovery::is_ours(&self.topics, &msg.payload)
+                    {
+                        gc.found.insert(msg.topic.clone());
+                    }
+                }
+            }
+            k if k.is_command() => {
+                // An empty payload is how a retained command is cleared
+                // (by us or by the user): nothing to do.
+                if msg.payload.is_empty() {
+                    return;
+                }
+                if msg.retain {
+                    tracing::warn!(topic = %msg.topic, "ignoring a retained command and clearing it: commands must not be retained");
+                    self.outbox.push(Message::retained(
+                        Class::Info,
+                        msg.topic.clone(),
+                        Vec::<u8>::new(),
+                    ));
+                    return;
+                }
+                self.on_command(&kind, &msg);
+            }
+            _ => {}
+        }
+    }
+
+    fn on_command(&mut self, kind: &IncomingTopic<'_>, msg: &Incoming) {
+        match *kind {
+            IncomingTopic::Request(cmd) => self.on_request(cmd, &msg.payload),
+            IncomingTopic::Set(device) => {
+                let parsed = commands::parse_set(&msg.payload);
+                self.on_device_command(device, &msg.topic, parsed);
+            }
+            IncomingTopic::SetAttribute(device, attr) => {
+                let parsed = commands::parse_set_attribute(attr, &msg.payload);
+                self.on_device_command(device, &msg.topic, parsed);
+            }
+            IncomingTopic::Get(device) => {
+                self.on_device_command(device, &msg.topic, Ok(DeviceCommand::Refresh))
+            }
+            _ => {}
+        }
+    }
+
+    fn on_request(&mut self, cmd: &str, payload: &[u8]) {
+        let (result, transaction) = match commands::parse_request(payload) {
+            Ok(req) => {
+                let result = match cmd {
+                    "health_check" => Ok(json!({"healthy": true})),
+                    "info" => Ok(self.bridge_info()),
+                    other => Err(format!(
+                        "unknown request '{other}'; available: health_check, info"
+                    )),
+                };
+                (result, req.transaction)
+            }
+            Err(e) => (Err(e.to_string()), commands::salvage_transaction(payload)),
+        };
+        if let Err(error) = &result {
+            self.commands_rejected += 1;
+            tracing::warn!(request = cmd, %error, "bridge request failed");
+        }
+        self.outbox.push(Message::transient(
+            self.topics.bridge_response(cmd),
+            payloads::response(result, transaction),
+        ));
+    }
+
+    fn on_device_command(
+        &mut self,
+        device: &str,
+        topic: &str,
+        parsed: Result<DeviceCommand, commands::CommandError>,
+    ) {
+        if device == "bridge" {
+            match parsed {
+                Ok(DeviceCommand::Refresh) => {
+                    self.publish_bridge_info();
+                    self.publish_bridge_state();
+                }
+                _ => self.command_error(
+                    device,
+                    topic,
+                    "the bridge takes requests on bridge/request/<command>, not set".into(),
+                ),
+            }
+            return;
+        }
+        let Some(entry) = self.registry.get(device) else {
+            let known: Vec<&str> = self.registry.ids().collect();
+            let known = if known.is_empty() {
+                "none".to_owned()
+            } else {
+                known.join(", ")
+            };
+            self.command_error(
+                device,
+                topic,
+                format!("unknown device '{device}'; configured devices: {known}"),
+            );
+            return;
+        };
+        let kind = entry.kind;
+        let command = match parsed {
+            Ok(c) => c,
+            Err(e) => return self.command_error(device, topic, e.to_string()),
+        };
+        if matches!(command, DeviceCommand::Set { .. }) && kind != DeviceKind::Plug {
+            return self.command_error(
+                device,
+                topic,
+                format!("'{device}' is a {} and accepts no set commands", kind.as_str()),
+            );
+        }
+        if command == DeviceCommand::Refresh {
+            self.republish_device(device);
+        }
+        match self.drivers.get(device) {
+            Some(driver) => {
+                if driver.commands.try_send(command).is_err() {
+                    self.command_error(device, topic, format!("'{device}' is busy; try again"));
+                }
+            }
+            None if command == DeviceCommand::Refresh => {}
+            None => self.command_error(
+                device,
+                topic,
+                format!("no driver is running for '{device}'; the command was not carried out"),
+            ),
+        }
+    }
+
+    fn command_error(&mut self, device: &str, topic: &str, error: String) {
+        self.commands_rejected += 1;
+        tracing::warn!(device, topic, %error, "command rejected");
+        let mut fields = Map::new();
+        fields.insert("topic".into(), topic.into());
+        fields.insert("error".into(), error.into());
+        self.outbox.push(Message::transient(
+            self.topics.bridge_event(),
+            payloads::event("command_error", Some(device), fields),
+        ));
+    }
+
+    fn on_driver_event(&mut self, ev: DriverEvent) {
+        match ev {
+            DriverEvent::Readings { device, values } => {
+                let now = OffsetDateTime::now_utc();
+                if self.registry.record(&device, values, now) {
+                    self.republish_device(&device);
+                }
+            }
+            DriverEvent::Availability { device, online } => {
+                if self.registry.set_online(&device, online) {
+                    self.outbox.push(Message::retained(
+                        Class::Availability,
+                        self.topics.availability(&device),
+                        payloads::availability(online),
+                    ));
+                    let kind = if online { "device_connected" } else { "device_lost" };
+                    self.outbox.push(Message::transient(
+                        self.topics.bridge_event(),
+                        payloads::event(kind, Some(&device), Map::new()),
+                    ));
+                    self.publish_bridge_state();
+                }
+            }
+            DriverEvent::CommandFailed { device, reason } => {
+                let topic = self.topics.set(&device);
+                self.command_error(&device, &topic, reason);
+            }
+        }
+    }
+
+    fn republish_device(&mut self, device: &str) {
+        let Some(entry) = self.registry.get(device) else { return };
+        if let Some(seen) = entry.last_seen {
+            self.outbox.push(Message::retained(
+                Class::State,
+                self.topics.device_state(device),
+                payloads::device_state(&entry.readings, seen),
+            ));
+        }
+        if let Some(online) = entry.online {
+            self.outbox.push(Message::retained(
+                Class::Availability,
+                self.topics.availability(device),
+                payloads::availability(online),
+            ));
+        }
+    }
+
+    fn bridge_info(&self) -> Value {
+        let devices: Vec<Value> = self
+            .registry
+            .iter()
+            .map(|(id, d)| {
+                json!({"id": id, "kind": d.kind, "name": d.name, "online": d.online})
+            })
+            .collect();
+        json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "base_topic": self.topics.base(),
+            "started_at": payloads::timestamp(self.started_at),
+            "devices": devices,
+            "config": self.config.redacted_json(),
+        })
+    }
+
+    fn publish_bridge_info(&mut self) {
+        self.outbox.push(Message::retained(
+            Class::Info,
+            self.topics.bridge_info(),
+            self.bridge_info().to_string(),
+        ));
+    }
+
+    fn publish_bridge_state(&mut self) {
+        let state = json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "uptime_s": self.started.elapsed().as_secs(),
+            "devices_configured": self.registry.len(),
+            "devices_online": self.registry.online_count(),
+            "mqtt_reconnects": self.reconnects,
+            "commands_rejected": self.commands_rejected,
+            "outbox_dropped": self.outbox.with(|q| q.dropped()),
+            "last_seen": payloads::timestamp(OffsetDateTime::now_utc()),
+        });
+        self.outbox.push(Message::retained(
+            Class::State,
+            self.topics.bridge_device_state(),
+            state.to_string(),
+        ));
+    }
+}
+
+/// Every discovery config the configuration produces (empty when
+/// discovery is off, so the clean-up removes what an earlier run left).
+pub fn discovery_messages(config: &Config, topics: &Topics) -> Vec<DiscoveryMessage> {
+    if !config.homeassistant.discovery {
+        return Vec::new();
+    }
+    discovery::bridge_device(topics)
+}

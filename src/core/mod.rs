@@ -1,0 +1,4 @@
+//! Pure logic of the bridge. For now: what the bridge knows about each
+//! configured device. The balancer, alerts and timers join it here.
+
+pub mod registry;

@@ -1,0 +1,130 @@
+//! The configured devices and the latest facts about each of them.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Map, Value};
+use time::OffsetDateTime;
+
+use crate::model::DeviceKind;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceEntry {
+    pub kind: DeviceKind,
+    pub name: String,
+    /// `None` until the driver has said anything.
+    pub online: Option<bool>,
+    pub readings: Map<String, Value>,
+    pub last_seen: Option<OffsetDateTime>,
+}
+
+/// Devices by id, in id order.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Registry {
+    devices: BTreeMap<String, DeviceEntry>,
+}
+
+impl Registry {
+    pub fn from_config(config: &crate::config::Config) -> Self {
+        let devices = config
+            .devices()
+            .into_iter()
+            .map(|(id, kind, name, _)| {
+                (
+                    id,
+                    DeviceEntry {
+                        kind,
+                        name,
+                        online: None,
+                        readings: Map::new(),
+                        last_seen: None,
+                    },
+                )
+            })
+            .collect();
+        Self { devices }
+    }
+
+    pub fn get(&self, id: &str) -> Option<&DeviceEntry> {
+        self.devices.get(id)
+    }
+
+    pub fn ids(&self) -> impl Iterator<Item = &str> {
+        self.devices.keys().map(String::as_str)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &DeviceEntry)> {
+        self.devices.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.devices.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.devices.is_empty()
+    }
+
+    /// Devices whose driver last reported them reachable.
+    pub fn online_count(&self) -> usize {
+        self.devices.values().filter(|d| d.online == Some(true)).count()
+    }
+
+    /// Records a reading; returns false for an unknown device.
+    pub fn record(&mut self, id: &str, readings: Map<String, Value>, now: OffsetDateTime) -> bool {
+        match self.devices.get_mut(id) {
+            Some(d) => {
+                d.readings.extend(readings);
+                d.last_seen = Some(now);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Records reachability; returns whether it changed.
+    pub fn set_online(&mut self, id: &str, online: bool) -> bool {
+        match self.devices.get_mut(id) {
+            Some(d) if d.online != Some(online) => {
+                d.online = Some(online);
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_online_devices_and_merges_readings() {
+        let config: crate::config::Config = toml::from_str(
+            r#"
+            [tapo]
+            email = "a@b.c"
+            password = "x"
+            [[plug]]
+            id = "boiler"
+            host = "127.0.0.1"
+            [[plug]]
+            id = "fridge"
+            host = "127.0.0.2"
+            "#,
+        )
+        .unwrap();
+        let mut r = Registry::from_config(&config);
+        assert_eq!(r.len(), 2);
+        assert_eq!(r.online_count(), 0);
+        assert!(r.set_online("boiler", true));
+        assert!(!r.set_online("boiler", true));
+        assert!(!r.set_online("ghost", true));
+        assert_eq!(r.online_count(), 1);
+        let now = OffsetDateTime::UNIX_EPOCH;
+        let mut m = Map::new();
+        m.insert("power".into(), 5.into());
+        assert!(r.record("fridge", m.clone(), now));
+        assert!(!r.record("ghost", m, now));
+        assert_eq!(r.get("fridge").unwrap().readings["power"], 5);
+    }
+}

@@ -1,0 +1,10 @@
+//! energy2mqtt: JK-BMS batteries, Deye inverters and Tapo plugs on MQTT,
+//! with Home Assistant discovery. See docs/ for the user-facing contract.
+
+pub mod app;
+pub mod broker;
+pub mod config;
+pub mod core;
+pub mod drivers;
+pub mod model;
+pub mod mqtt;

@@ -1,0 +1,190 @@
+//! The `energy2mqtt` command line: parse, set up logging, load the
+//! configuration, hand over to the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use energy2mqtt::config::{self, Config, ConfigErrors, LogFormat, Sources};
+use tokio_util::sync::CancellationToken;
+
+/// The demo's built-in configuration.
+const DEMO_TOML: &str = include_str!("../config/demo.toml");
+
+#[derive(Parser, Debug)]
+#[command(name = "energy2mqtt", version, about = "JK-BMS, Deye and Tapo to MQTT and Home Assistant")]
+struct Cli {
+    /// Configuration file (default: config/energy2mqtt.toml when it exists).
+    #[arg(long, short, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Log filter, e.g. `info`, `debug`, `energy2mqtt=debug` (overrides log.level).
+    #[arg(long, global = true, value_name = "FILTER")]
+    log_level: Option<String>,
+    /// Log format (overrides log.format).
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<FormatArg>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum FormatArg {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the bridge (the default).
+    Run,
+    /// Run the embedded broker and the bridge with the demo configuration.
+    Demo,
+    /// Check the configuration and print it with secrets redacted.
+    CheckConfig,
+    /// Print every Home Assistant discovery topic and payload as JSON.
+    Discovery,
+    /// Run only the embedded MQTT broker of the [broker] section.
+    Broker,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let command = cli.command.as_ref().unwrap_or(&Command::Run);
+    let sources = match command {
+        Command::Demo => Sources {
+            base_toml: Some(DEMO_TOML.to_owned()),
+            file: cli.config.clone(),
+            file_required: cli.config.is_some(),
+            env: std::env::vars().collect(),
+        },
+        _ => Sources::from_process(cli.config.as_deref()),
+    };
+    let config = match config::load_from(&sources) {
+        Ok(c) => c,
+        Err(e) => return config_failure(&e),
+    };
+    match command {
+        Command::CheckConfig => check_config(&config),
+        Command::Discovery => print_discovery(&config),
+        Command::Run | Command::Demo => serve(&cli, config, false),
+        Command::Broker => serve(&cli, config, true),
+    }
+}
+
+fn config_failure(e: &ConfigErrors) -> ExitCode {
+    eprintln!("energy2mqtt: {e}");
+    ExitCode::from(2)
+}
+
+fn check_config(config: &Config) -> ExitCode {
+    match toml::to_string_pretty(config) {
+        Ok(text) => {
+            print!("{text}");
+            eprintln!("configuration OK");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("energy2mqtt: cannot print the configuration: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print_discovery(config: &Config) -> ExitCode {
+    let topics = energy2mqtt::mqtt::Topics::from_config(config);
+    let messages = energy2mqtt::app::discovery_messages(config, &topics);
+    match serde_json::to_string_pretty(&messages) {
+        Ok(text) => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("energy2mqtt: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(cli: &Cli, config: &Config) -> Result<(), String> {
+    use tracing_subscriber::EnvFilter;
+    let level = cli.log_level.clone().unwrap_or_else(|| config.log.level.clone());
+    // rumqttd logs every connection at info; keep it quiet unless asked.
+    let directives = if level.contains("rumqttd") {
+        level.clone()
+    } else {
+        format!("{level},rumqttd=warn")
+    };
+    let filter = EnvFilter::try_new(&directives).map_err(|e| format!("--log-level '{level}': {e}"))?;
+    let format = match cli.log_format {
+        Some(FormatArg::Json) => LogFormat::Json,
+        Some(FormatArg::Text) => LogFormat::Text,
+        None => config.log.format,
+    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+    Ok(())
+}
+
+fn serve(cli: &Cli, mut config: Config, broker_only: bool) -> ExitCode {
+    if let Err(e) = init_tracing(cli, &config) {
+        eprintln!("energy2mqtt: {e}");
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("energy2mqtt: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(wait_for_signal(shutdown.clone()));
+        if broker_only {
+            config.broker.enabled = true;
+            energy2mqtt::broker::start(&config.broker).await?;
+            shutdown.cancelled().await;
+            Ok(())
+        } else {
+            energy2mqtt::app::run(config, shutdown).await
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Ctrl-C, or SIGTERM from `docker stop` / systemd.
+async fn wait_for_signal(shutdown: CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    shutdown.cancel();
+}

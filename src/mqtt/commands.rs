@@ -1,0 +1,246 @@
+//! Parsing what arrives on command topics. Pure: (payload) → typed command
+//! or an error that says what was wrong.
+
+use serde_json::{Map, Value};
+
+use crate::model::{DeviceCommand, PlugMode, SwitchState};
+
+/// Commands are small; anything bigger is refused before parsing.
+pub const MAX_COMMAND_BYTES: usize = 64 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CommandError {
+    #[error("payload of {0} bytes is too large (at most {MAX_COMMAND_BYTES})")]
+    TooLarge(usize),
+    #[error("payload is not UTF-8 text")]
+    NotUtf8,
+    #[error("payload is neither JSON nor ON/OFF/TOGGLE: {0}")]
+    NotJson(String),
+    #[error("payload must be a JSON object")]
+    NotObject,
+    #[error("unknown field '{field}'; accepted: {accepted}")]
+    UnknownField { field: String, accepted: String },
+    #[error("invalid value {value} for '{field}'; expected one of: {expected}")]
+    InvalidValue {
+        field: String,
+        value: String,
+        expected: &'static str,
+    },
+    #[error("empty command: give at least one of: {0}")]
+    Empty(String),
+}
+
+const SET_FIELDS: &[&str] = &["state", "mode"];
+
+/// `{"state":"ON"}`, `{"mode":"auto"}`, `{"state":"OFF","mode":"off"}`,
+/// or a bare `ON` / `OFF` / `TOGGLE`.
+pub fn parse_set(payload: &[u8]) -> Result<DeviceCommand, CommandError> {
+    let text = text(payload)?;
+    let trimmed = text.trim();
+    if !trimmed.starts_with('{') && !trimmed.starts_with('"') {
+        return switch_state(trimmed)
+            .map(|state| DeviceCommand::Set {
+                state: Some(state),
+                mode: None,
+            })
+            .ok_or_else(|| CommandError::NotJson(preview(trimmed)));
+    }
+    let value: Value =
+        serde_json::from_str(trimmed).map_err(|e| CommandError::NotJson(e.to_string()))?;
+    let map = match value {
+        Value::Object(map) => map,
+        Value::String(s) => {
+            return switch_state(&s)
+                .map(|state| DeviceCommand::Set {
+                    state: Some(state),
+                    mode: None,
+                })
+                .ok_or_else(|| invalid("state", &Value::String(s), "ON, OFF, TOGGLE"));
+        }
+        _ => return Err(CommandError::NotObject),
+    };
+    set_from_map(&map)
+}
+
+/// `<device>/set/<attribute>` with a bare value: `…/set/state` ← `ON`.
+pub fn parse_set_attribute(attribute: &str, payload: &[u8]) -> Result<DeviceCommand, CommandError> {
+    let text = text(payload)?;
+    let value = serde_json::from_str::<Value>(text.trim())
+        .unwrap_or_else(|_| Value::String(text.trim().to_owned()));
+    let mut map = Map::new();
+    map.insert(attribute.to_owned(), value);
+    set_from_map(&map)
+}
+
+fn set_from_map(map: &Map<String, Value>) -> Result<DeviceCommand, CommandError> {
+    let mut state = None;
+    let mut mode = None;
+    for (key, value) in map {
+        match key.as_str() {
+            "state" => {
+                state = Some(
+                    value
+                        .as_str()
+                        .and_then(switch_state)
+                        .ok_or_else(|| invalid("state", value, "ON, OFF, TOGGLE"))?,
+                )
+            }
+            "mode" => {
+                mode = Some(
+                    value
+                        .as_str()
+                        .and_then(plug_mode)
+                        .ok_or_else(|| invalid("mode", value, "auto, on, off"))?,
+                )
+            }
+            other => {
+                return Err(CommandError::UnknownField {
+                    field: other.to_owned(),
+                    accepted: SET_FIELDS.join(", "),
+                });
+            }
+        }
+    }
+    if state.is_none() && mode.is_none() {
+        return Err(CommandError::Empty(SET_FIELDS.join(", ")));
+    }
+    Ok(DeviceCommand::Set { state, mode })
+}
+
+/// A `bridge/request/<cmd>` body: empty, or a JSON object whose optional
+/// `transaction` is echoed in the response.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    pub body: Map<String, Value>,
+    pub transaction: Option<Value>,
+}
+
+pub fn parse_request(payload: &[u8]) -> Result<Request, CommandError> {
+    let text = text(payload)?;
+    if text.trim().is_empty() {
+        return Ok(Request {
+            body: Map::new(),
+            transaction: None,
+        });
+    }
+    match serde_json::from_str::<Value>(text.trim()) {
+        Ok(Value::Object(mut body)) => {
+            let transaction = body.remove("transaction");
+            Ok(Request { body, transaction })
+        }
+        Ok(Value::String(s)) if s.is_empty() => Ok(Request {
+            body: Map::new(),
+            transaction: None,
+        }),
+        Ok(_) => Err(CommandError::NotObject),
+        Err(e) => Err(CommandError::NotJson(e.to_string())),
+    }
+}
+
+/// The `transaction` of a request that could not be parsed whole, so that
+/// even an error response can be matched by the caller.
+pub fn salvage_transaction(payload: &[u8]) -> Option<Value> {
+    if payload.len() > MAX_COMMAND_BYTES {
+        return None;
+    }
+    serde_json::from_slice::<Value>(payload)
+        .ok()?
+        .get("transaction")
+        .cloned()
+}
+
+fn text(payload: &[u8]) -> Result<&str, CommandError> {
+    if payload.len() > MAX_COMMAND_BYTES {
+        return Err(CommandError::TooLarge(payload.len()));
+    }
+    std::str::from_utf8(payload).map_err(|_| CommandError::NotUtf8)
+}
+
+fn switch_state(s: &str) -> Option<SwitchState> {
+    match s.trim().to_ascii_uppercase().as_str() {
+        "ON" => Some(SwitchState::On),
+        "OFF" => Some(SwitchState::Off),
+        "TOGGLE" => Some(SwitchState::Toggle),
+        _ => None,
+    }
+}
+
+fn plug_mode(s: &str) -> Option<PlugMode> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "auto" => Some(PlugMode::Auto),
+        "on" => Some(PlugMode::On),
+        "off" => Some(PlugMode::Off),
+        _ => None,
+    }
+}
+
+fn invalid(field: &str, value: &Value, expected: &'static str) -> CommandError {
+    CommandError::InvalidValue {
+        field: field.to_owned(),
+        value: preview(&value.to_string()),
+        expected,
+    }
+}
+
+/// At most 40 characters of what the user sent, for error messages.
+fn preview(s: &str) -> String {
+    let mut out: String = s.chars().take(40).collect();
+    if s.chars().count() > 40 {
+        out.push('…');
+    }
+    format!("'{out}'")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(state: Option<SwitchState>, mode: Option<PlugMode>) -> DeviceCommand {
+        DeviceCommand::Set { state, mode }
+    }
+
+    #[test]
+    fn accepts_json_and_bare_forms() {
+        assert_eq!(parse_set(br#"{"state":"ON"}"#), Ok(set(Some(SwitchState::On), None)));
+        assert_eq!(parse_set(b"off"), Ok(set(Some(SwitchState::Off), None)));
+        assert_eq!(parse_set(b" TOGGLE\n"), Ok(set(Some(SwitchState::Toggle), None)));
+        assert_eq!(parse_set(br#""ON""#), Ok(set(Some(SwitchState::On), None)));
+        assert_eq!(
+            parse_set(br#"{"mode":"auto","state":"off"}"#),
+            Ok(set(Some(SwitchState::Off), Some(PlugMode::Auto)))
+        );
+        assert_eq!(
+            parse_set_attribute("state", b"ON"),
+            Ok(set(Some(SwitchState::On), None))
+        );
+        assert_eq!(
+            parse_set_attribute("mode", br#""off""#),
+            Ok(set(None, Some(PlugMode::Off)))
+        );
+    }
+
+    #[test]
+    fn rejects_with_a_reason() {
+        assert!(matches!(parse_set(b"banana"), Err(CommandError::NotJson(_))));
+        assert!(matches!(parse_set(b"{not json"), Err(CommandError::NotJson(_))));
+        assert_eq!(parse_set(b"[1,2]"), Err(CommandError::NotObject));
+        assert!(matches!(parse_set(b"{}"), Err(CommandError::Empty(_))));
+        let e = parse_set(br#"{"state":"ON","colour":"red"}"#).unwrap_err();
+        assert_eq!(e.to_string(), "unknown field 'colour'; accepted: state, mode");
+        let e = parse_set(br#"{"state":"MAYBE"}"#).unwrap_err();
+        assert!(e.to_string().contains("'state'"), "{e}");
+        let big = vec![b'a'; 1024 * 1024];
+        assert_eq!(parse_set(&big), Err(CommandError::TooLarge(1024 * 1024)));
+        assert_eq!(parse_set(&[0xff, 0xfe]), Err(CommandError::NotUtf8));
+    }
+
+    #[test]
+    fn requests_echo_transactions() {
+        let r = parse_request(br#"{"transaction":"abc","x":1}"#).unwrap();
+        assert_eq!(r.transaction, Some(Value::String("abc".into())));
+        assert_eq!(r.body.get("x"), Some(&Value::from(1)));
+        assert_eq!(parse_request(b"").unwrap().transaction, None);
+        assert!(parse_request(b"nope").is_err());
+        assert_eq!(salvage_transaction(br#"{"transaction":7}"#), Some(Value::from(7)));
+    }
+}

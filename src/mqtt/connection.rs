@@ -1,0 +1,263 @@
+//! The MQTT connection: one task polls rumqttc's event loop and does
+//! nothing else (publishing from it can deadlock the loop), one task
+//! writes what the outbox holds while the broker is connected.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Outgoing, Packet};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::outbox::{Message, Outbox};
+
+/// Incoming publishes waiting for the bridge; beyond this they are dropped
+/// (and counted) rather than stall the event loop.
+const INCOMING_CAPACITY: usize = 256;
+/// Requests between our handle and rumqttc's loop.
+const CLIENT_CAPACITY: usize = 512;
+
+/// The connection as the rest of the bridge sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Status {
+    pub connected: bool,
+    /// Counts ConnAcks: each new value is a new session to set up.
+    pub sessions: u64,
+}
+
+/// A received publish, reduced to what the bridge uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Incoming {
+    pub topic: String,
+    pub payload: bytes::Bytes,
+    pub retain: bool,
+}
+
+pub struct Connection {
+    pub client: AsyncClient,
+    pub outbox: Arc<Outbox>,
+    pub status: watch::Receiver<Status>,
+    pub incoming: mpsc::Receiver<Incoming>,
+    poll_task: JoinHandle<()>,
+    write_task: JoinHandle<()>,
+    stop: CancellationToken,
+}
+
+/// Exponential backoff: 250 ms doubling to `max`.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    pub const FIRST: Duration = Duration::from_millis(250);
+
+    pub fn new(max: Duration) -> Self {
+        Self {
+            next: Self::FIRST,
+            max,
+        }
+    }
+
+    pub fn next_delay(&mut self) -> Duration {
+        let d = self.next.min(self.max);
+        self.next = (self.next * 2).min(self.max);
+        d
+    }
+
+    /// Skip to the cap (wrong credentials: no point in hurrying).
+    pub fn give_up_hurrying(&mut self) {
+        self.next = self.max;
+    }
+
+    pub fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+}
+
+impl Connection {
+    pub fn start(options: MqttOptions, reconnect_max: Duration) -> Self {
+        let (client, eventloop) = AsyncClient::new(options, CLIENT_CAPACITY);
+        let outbox = Arc::new(Outbox::default());
+        let (status_tx, status) = watch::channel(Status::default());
+        let (incoming_tx, incoming) = mpsc::channel(INCOMING_CAPACITY);
+        let stop = CancellationToken::new();
+        let poll_task = tokio::spawn(poll_loop(
+            eventloop,
+            status_tx,
+            incoming_tx,
+            Backoff::new(reconnect_max),
+            stop.clone(),
+        ));
+        let write_task = tokio::spawn(write_loop(
+            client.clone(),
+            outbox.clone(),
+            status.clone(),
+            stop.clone(),
+        ));
+        Self {
+            client,
+            outbox,
+            status,
+            incoming,
+            poll_task,
+            write_task,
+            stop,
+        }
+    }
+
+    /// Publish `last` (the offline state) and disconnect cleanly, so the
+    /// broker does not need the Last Will; give up after `timeout`.
+    pub async fn shutdown(self, last: Option<Message>, timeout: Duration) {
+        self.write_task.abort();
+        let connected = self.status.borrow().connected;
+        if connected {
+            if let Some(m) = last {
+                let _ = tokio::time::timeout(
+                    timeout,
+                    self.client.publish(m.topic, m.qos, m.retain, m.payload),
+                )
+                .await;
+            }
+            let _ = tokio::time::timeout(timeout, self.client.disconnect()).await;
+            // The poll task ends once the DISCONNECT has been written.
+            let mut poll = self.poll_task;
+            if tokio::time::timeout(timeout, &mut poll).await.is_err() {
+                poll.abort();
+            }
+        } else {
+            self.stop.cancel();
+            self.poll_task.abort();
+        }
+    }
+}
+
+async fn poll_loop(
+    mut eventloop: EventLoop,
+    status: watch::Sender<Status>,
+    incoming: mpsc::Sender<Incoming>,
+    mut backoff: Backoff,
+    stop: CancellationToken,
+) {
+    let target = format!(
+        "{}:{}",
+        eventloop.mqtt_options.broker_address().0,
+        eventloop.mqtt_options.broker_address().1
+    );
+    let mut dropped: u64 = 0;
+    let mut was_connected = false;
+    let mut last_error = String::new();
+    loop {
+        let event = tokio::select! {
+            _ = stop.cancelled() => return,
+            e = eventloop.poll() => e,
+        };
+        match event {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                backoff.reset();
+                was_connected = true;
+                last_error.clear();
+                tracing::info!(broker = %target, "MQTT connected");
+                status.send_modify(|s| {
+                    s.connected = true;
+                    s.sessions += 1;
+                });
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                let msg = Incoming {
+                    topic: p.topic,
+                    payload: p.payload,
+                    retain: p.retain,
+                };
+                if incoming.try_send(msg).is_err() {
+                    dropped += 1;
+                    if dropped.is_power_of_two() {
+                        tracing::warn!(dropped, "incoming MQTT messages dropped: the bridge is busy");
+                    }
+                }
+            }
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => {
+                status.send_modify(|s| s.connected = false);
+                return;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                status.send_modify(|s| s.connected = false);
+                let text = e.to_string();
+                if was_connected {
+                    tracing::warn!(broker = %target, error = %text, "MQTT connection lost; reconnecting");
+                } else if text != last_error {
+                    tracing::warn!(broker = %target, error = %text, "MQTT connection failed; retrying");
+                } else {
+                    tracing::debug!(broker = %target, error = %text, "MQTT connection failed again");
+                }
+                if let ConnectionError::ConnectionRefused(code) = &e {
+                    tracing::error!(
+                        broker = %target,
+                        ?code,
+                        "the broker refused the connection: check mqtt.username / mqtt.password"
+                    );
+                    backoff.give_up_hurrying();
+                }
+                was_connected = false;
+                last_error = text;
+                let delay = backoff.next_delay();
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+}
+
+async fn write_loop(
+    client: AsyncClient,
+    outbox: Arc<Outbox>,
+    mut status: watch::Receiver<Status>,
+    stop: CancellationToken,
+) {
+    loop {
+        if !status.borrow().connected {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                r = status.changed() => if r.is_err() { return },
+            }
+            continue;
+        }
+        let batch = outbox.take();
+        if batch.is_empty() {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = outbox.changed() => {}
+                r = status.changed() => if r.is_err() { return },
+            }
+            continue;
+        }
+        for m in batch {
+            // Awaiting here only waits for room in rumqttc's channel; the
+            // producers never wait, they only replace what is in the outbox.
+            if let Err(e) = client.publish(m.topic, m.qos, m.retain, m.payload).await {
+                tracing::debug!(error = %e, "publish not handed to the MQTT loop");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_the_cap_and_resets() {
+        let mut b = Backoff::new(Duration::from_secs(30));
+        let seq: Vec<u64> = (0..10).map(|_| b.next_delay().as_millis() as u64).collect();
+        assert_eq!(seq, [250, 500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000]);
+        b.reset();
+        assert_eq!(b.next_delay(), Backoff::FIRST);
+        b.give_up_hurrying();
+        assert_eq!(b.next_delay(), Duration::from_secs(30));
+    }
+}

@@ -1,0 +1,12 @@
+//! The MQTT and Home Assistant surface: topics, payloads, discovery,
+//! command parsing and the connection. Knows nothing of device protocols.
+
+pub mod commands;
+pub mod connection;
+pub mod discovery;
+pub mod outbox;
+pub mod payloads;
+pub mod settings;
+pub mod topics;
+
+pub use topics::Topics;
