@@ -86,8 +86,8 @@ pub async fn start(cfg: &BrokerConfig) -> Result<(), BrokerError> {
     };
     let mut last = String::new();
     for _ in 0..100 {
-        match tokio::net::TcpStream::connect(probe).await {
-            Ok(_) => {
+        match probe_connect(probe, cfg).await {
+            Ok(()) => {
                 tracing::info!(listen = %addr, "embedded MQTT broker started");
                 return Ok(());
             }
@@ -96,6 +96,56 @@ pub async fn start(cfg: &BrokerConfig) -> Result<(), BrokerError> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Err(BrokerError::NotListening { addr, reason: last })
+}
+
+/// A real MQTT CONNECT / CONNACK / DISCONNECT, so the broker sees a
+/// well-behaved client rather than a socket that closes mid-handshake.
+async fn probe_connect(addr: SocketAddr, cfg: &BrokerConfig) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    fn field(out: &mut Vec<u8>, s: &[u8]) {
+        out.extend_from_slice(&(s.len() as u16).to_be_bytes());
+        out.extend_from_slice(s);
+    }
+    let mut body = Vec::new();
+    field(&mut body, b"MQTT");
+    let mut flags = 0x02; // clean session
+    if cfg.username.is_some() {
+        flags |= 0x80 | 0x40;
+    }
+    body.extend_from_slice(&[4, flags, 0, 10]);
+    field(&mut body, b"energy2mqtt-probe");
+    if let (Some(u), Some(p)) = (&cfg.username, &cfg.password) {
+        field(&mut body, u.as_bytes());
+        field(&mut body, p.expose().as_bytes());
+    }
+    let mut packet = vec![0x10];
+    let mut len = body.len();
+    loop {
+        let mut byte = (len % 128) as u8;
+        len /= 128;
+        if len > 0 {
+            byte |= 0x80;
+        }
+        packet.push(byte);
+        if len == 0 {
+            break;
+        }
+    }
+    packet.extend_from_slice(&body);
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream.write_all(&packet).await?;
+    let mut ack = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(1), stream.read_exact(&mut ack))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no CONNACK"))??;
+    if ack[0] != 0x20 || ack[3] != 0 {
+        return Err(std::io::Error::other(format!("CONNACK refused: {ack:02x?}")));
+    }
+    stream.write_all(&[0xE0, 0x00]).await?;
+    // Let the broker close the connection, so its router is done with it.
+    let mut rest = [0u8; 16];
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.read(&mut rest)).await;
+    Ok(())
 }
 
 #[cfg(test)]

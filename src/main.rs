@@ -108,11 +108,12 @@ fn print_discovery(config: &Config) -> ExitCode {
 fn init_tracing(cli: &Cli, config: &Config) -> Result<(), String> {
     use tracing_subscriber::EnvFilter;
     let level = cli.log_level.clone().unwrap_or_else(|| config.log.level.clone());
-    // rumqttd logs every connection at info; keep it quiet unless asked.
+    // rumqttd logs every connection at info and every ordinary disconnect
+    // as an error; keep it silent unless the filter names it.
     let directives = if level.contains("rumqttd") {
         level.clone()
     } else {
-        format!("{level},rumqttd=warn")
+        format!("{level},rumqttd=off")
     };
     let filter = EnvFilter::try_new(&directives).map_err(|e| format!("--log-level '{level}': {e}"))?;
     let format = match cli.log_format {
