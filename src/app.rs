@@ -219,9 +219,11 @@ impl Bridge {
                 }
             }
             k if k.is_command() => {
-                // An empty payload is how a retained command is cleared
-                // (by us or by the user): nothing to do.
-                if msg.payload.is_empty() {
+                // An empty payload is how a retained command is cleared (by
+                // us or by the user); it must never switch anything. Reads
+                // and requests may be empty (`mosquitto_pub -n`).
+                let is_set = matches!(kind, IncomingTopic::Set(_) | IncomingTopic::SetAttribute(..));
+                if msg.payload.is_empty() && (is_set || msg.retain) {
                     return;
                 }
                 if msg.retain {

@@ -160,16 +160,34 @@ fn env_providers(env: &[(String, String)]) -> Vec<EnvVar> {
     env.iter()
         .filter_map(|(name, value)| {
             let rest = name.strip_prefix(ENV_PREFIX)?;
-            if !rest.contains("__") || rest.ends_with("_FILE") {
+            if !rest.contains("__") || secret_file_target(rest).is_some() {
                 return None;
             }
             Some(EnvVar {
                 name: name.clone(),
-                key: rest.to_ascii_lowercase().replace("__", "."),
+                key: env_key(rest),
                 value: value.clone(),
             })
         })
         .collect()
+}
+
+/// Keys whose own name ends in `_file`: `E2M_MQTT__CA_FILE` sets
+/// `mqtt.ca_file`; it is not a secret file holding `mqtt.ca`.
+const FILE_KEYS: &[&str] = &["mqtt.ca_file"];
+
+/// `MQTT__URL` → `mqtt.url`.
+fn env_key(rest: &str) -> String {
+    rest.to_ascii_lowercase().replace("__", ".")
+}
+
+/// `MQTT__PASSWORD_FILE` → `mqtt.password`; `None` for every other name.
+fn secret_file_target(rest: &str) -> Option<String> {
+    if FILE_KEYS.contains(&env_key(rest).as_str()) {
+        return None;
+    }
+    let target = rest.strip_suffix("_FILE")?;
+    target.contains("__").then(|| env_key(target))
 }
 
 /// `E2M_MQTT__PASSWORD_FILE=/run/secrets/x` → (`mqtt.password`, contents).
@@ -180,13 +198,9 @@ fn secret_files(env: &[(String, String)]) -> Result<Vec<(String, String, String)
         let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
             continue;
         };
-        let Some(key) = rest.strip_suffix("_FILE") else {
+        let Some(key) = secret_file_target(rest) else {
             continue;
         };
-        if !key.contains("__") {
-            continue;
-        }
-        let key = key.to_ascii_lowercase().replace("__", ".");
         match read_secret_file(path) {
             Ok(value) => out.push((name.clone(), key, value)),
             Err(reason) => errors.push(ConfigError::new(name.clone(), reason)),
@@ -276,7 +290,10 @@ fn from_figment(err: figment::Error) -> ConfigErrors {
             let mut path: Vec<String> = e.path.clone();
             let reason = match &e.kind {
                 Kind::UnknownField(field, expected) => {
-                    path.push(field.clone());
+                    // figment already ends the path with the unknown key.
+                    if path.last() != Some(field) {
+                        path.push(field.clone());
+                    }
                     format!(
                         "unknown key `{field}`; expected one of: {}",
                         expected.join(", ")

@@ -1,0 +1,323 @@
+//! The bridge binary end to end, against the embedded rumqttd and (with
+//! E2M_TEST_MOSQUITTO=1) Debian's Mosquitto, over real loopback sockets.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::json;
+use support::*;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+const PLUG_CONFIG: &str = r#"
+[tapo]
+email = "user@example.com"
+password = "tapo-s3cret-pw"
+
+[[plug]]
+id = "boiler"
+host = "127.0.0.1"
+port = 9
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_retained_discovery_state_and_info() {
+    for kind in brokers() {
+        let broker = Broker::start(kind);
+        let bridge = Bridge::start(&broker.url(), PLUG_CONFIG, &[]);
+        let mut watcher = Client::connect(broker.port, &["energy2mqtt/bridge/state"]).await;
+        watcher.expect(WAIT, online).await.expect("bridge online");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+
+        // A late subscriber, as Home Assistant after a restart, gets it all retained.
+        let mut ha = Client::connect(broker.port, &["homeassistant/#", "energy2mqtt/#"]).await;
+        let msgs = ha.collect(Duration::from_millis(800)).await;
+        let find = |t: &str| msgs.iter().find(|m| m.topic == t).cloned();
+
+        let state = find("energy2mqtt/bridge/state").expect("bridge/state");
+        assert!(state.retain, "{kind:?}: bridge/state retained");
+        assert_eq!(state.json(), json!({"state":"online"}));
+
+        let version = find("homeassistant/sensor/energy2mqtt_bridge/version/config")
+            .unwrap_or_else(|| panic!("{kind:?}: version discovery missing"));
+        assert!(version.retain);
+        let v = version.json();
+        assert_eq!(v["unique_id"], "energy2mqtt_energy2mqtt_bridge_version");
+        assert_eq!(v["state_topic"], "energy2mqtt/bridge");
+        assert_eq!(v["entity_category"], "diagnostic");
+        assert_eq!(v["origin"]["name"], "energy2mqtt");
+        assert_eq!(v["availability"][0]["topic"], "energy2mqtt/bridge/state");
+        let discovered = msgs
+            .iter()
+            .filter(|m| m.topic.starts_with("homeassistant/") && m.retain)
+            .count();
+        assert_eq!(discovered, 5, "{kind:?}: the bridge's five entities");
+
+        let bridge_state = find("energy2mqtt/bridge").expect("bridge device state");
+        let s = bridge_state.json();
+        assert_eq!(s["version"], env!("CARGO_PKG_VERSION"));
+        assert_eq!(s["devices_configured"], 1);
+        assert_eq!(s["devices_online"], 0);
+        assert_eq!(s["mqtt_reconnects"], 0);
+        assert!(s["last_seen"].as_str().is_some_and(|t| t.ends_with('Z')));
+
+        let info = find("energy2mqtt/bridge/info").expect("bridge/info");
+        assert!(info.retain);
+        let i = info.json();
+        assert_eq!(i["devices"][0]["id"], "boiler");
+        assert_eq!(i["devices"][0]["kind"], "plug");
+        assert_eq!(i["config"]["tapo"]["password"], "<redacted>");
+        let raw = String::from_utf8_lossy(&info.payload);
+        assert!(!raw.contains("tapo-s3cret-pw"), "secret leaked into bridge/info");
+        assert!(!bridge.log_text().contains("tapo-s3cret-pw"), "secret leaked into the log");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn last_will_marks_the_bridge_offline_after_kill_9() {
+    for kind in brokers() {
+        let broker = Broker::start(kind);
+        let mut bridge = Bridge::start(&broker.url(), "", &[]);
+        let mut watcher = Client::connect(broker.port, &["energy2mqtt/bridge/state"]).await;
+        watcher.expect(WAIT, online).await.expect("online");
+        bridge.kill9();
+        let m = watcher
+            .expect(WAIT, offline)
+            .await
+            .unwrap_or_else(|| panic!("{kind:?}: no Last Will after kill -9"));
+        assert_eq!(m.json(), json!({"state":"offline"}));
+        // and it stays retained for whoever comes later
+        let mut late = Client::connect(broker.port, &["energy2mqtt/bridge/state"]).await;
+        let m = late.expect(WAIT, offline).await.expect("retained offline");
+        assert!(m.retain);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_publishes_offline_and_exits_cleanly() {
+    for kind in brokers() {
+        let broker = Broker::start(kind);
+        let mut bridge = Bridge::start(&broker.url(), "", &[]);
+        let mut watcher = Client::connect(broker.port, &["energy2mqtt/bridge/state"]).await;
+        watcher.expect(WAIT, online).await.expect("online");
+        assert_eq!(bridge.terminate(), Some(0), "{kind:?}: clean exit");
+        watcher.expect(WAIT, offline).await.expect("offline published on shutdown");
+        assert!(bridge.log_text().contains("shutting down"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnects_and_republishes_after_a_broker_restart() {
+    for kind in brokers() {
+        let mut broker = Broker::start(kind);
+        let mut bridge = Bridge::start(&broker.url(), "", &[]);
+        let mut watcher = Client::connect(broker.port, &["energy2mqtt/bridge/state"]).await;
+        watcher.expect(WAIT, online).await.expect("online");
+        drop(watcher);
+
+        broker.stop();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        broker.restart();
+        let back = tokio::time::Instant::now();
+
+        // The restarted broker kept nothing: all it has comes from the bridge.
+        let mut ha = Client::connect(broker.port, &["homeassistant/#", "energy2mqtt/#"]).await;
+        let mut seen = std::collections::HashMap::new();
+        while back.elapsed() < Duration::from_secs(5) && seen.len() < 3 {
+            if let Some(m) = ha.expect(Duration::from_millis(200), |_| true).await {
+                if m.topic == "homeassistant/sensor/energy2mqtt_bridge/uptime/config"
+                    || online(&m)
+                    || m.topic == "energy2mqtt/bridge"
+                {
+                    seen.insert(m.topic.clone(), m);
+                }
+            }
+        }
+        let discovery = seen
+            .get("homeassistant/sensor/energy2mqtt_bridge/uptime/config")
+            .unwrap_or_else(|| panic!("{kind:?}: discovery not republished within 5 s"));
+        assert!(discovery.payload.len() > 100);
+        assert!(seen.contains_key("energy2mqtt/bridge/state"), "{kind:?}: online again");
+        let state = seen.get("energy2mqtt/bridge").expect("bridge state republished");
+        assert!(back.elapsed() < Duration::from_secs(5), "{kind:?}: took {:?}", back.elapsed());
+        assert_eq!(state.json()["mqtt_reconnects"], 1);
+        assert!(bridge.is_running());
+        assert!(bridge.log_text().contains("MQTT connection lost"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn home_assistant_birth_republishes_states() {
+    for kind in brokers() {
+        let broker = Broker::start(kind);
+        let _bridge = Bridge::start(&broker.url(), "", &[]);
+        let mut ha = Client::connect(broker.port, &["energy2mqtt/#"]).await;
+        ha.expect(WAIT, online).await.expect("online");
+        ha.collect(Duration::from_millis(500)).await;
+
+        ha.publish("homeassistant/status", "online", false).await;
+        let got = ha.collect(Duration::from_secs(2)).await;
+        // Delivered live (not from the retained store) because the bridge sent them again.
+        assert!(
+            got.iter().any(|m| online(m) && !m.retain),
+            "{kind:?}: bridge/state not republished: {got:?}"
+        );
+        assert!(got.iter().any(|m| m.topic == "energy2mqtt/bridge" && !m.retain));
+        // Discovery is retained and is not resent on every HA start.
+        assert!(!got.iter().any(|m| m.topic.starts_with("homeassistant/sensor")));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retained_command_is_ignored_and_cleared() {
+    for kind in brokers() {
+        let broker = Broker::start(kind);
+        let user = Client::connect(broker.port, &[]).await;
+        user.publish("energy2mqtt/boiler/set", r#"{"state":"ON"}"#, true).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+
+        let bridge = Bridge::start(&broker.url(), PLUG_CONFIG, &[]);
+        let mut events = Client::connect(broker.port, &["energy2mqtt/bridge/#"]).await;
+        events.expect(WAIT, online).await.expect("online");
+        let got = events.collect(Duration::from_secs(1)).await;
+        assert!(
+            !got.iter().any(|m| m.topic == "energy2mqtt/bridge/event"),
+            "{kind:?}: a retained command was acted upon: {got:?}"
+        );
+        let mut late = Client::connect(broker.port, &["energy2mqtt/boiler/set"]).await;
+        let replay = late.collect(Duration::from_millis(700)).await;
+        assert!(
+            replay.iter().all(|m| m.payload.is_empty()),
+            "{kind:?}: retained command not cleared: {replay:?}"
+        );
+        assert!(bridge.log_text().contains("ignoring a retained command"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_commands_get_errors_and_the_bridge_keeps_running() {
+    for kind in brokers() {
+        let broker = Broker::start(kind);
+        let mut bridge = Bridge::start(&broker.url(), PLUG_CONFIG, &[]);
+        let mut c = Client::connect(
+            broker.port,
+            &["energy2mqtt/bridge/event", "energy2mqtt/bridge/response/#", "energy2mqtt/bridge/state"],
+        )
+        .await;
+        c.expect(WAIT, online).await.expect("online");
+
+        let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+            ("energy2mqtt/boiler/set", b"banana".to_vec(), "neither JSON"),
+            ("energy2mqtt/boiler/set", b"{\"state\":".to_vec(), "neither JSON"),
+            ("energy2mqtt/ghost/set", br#"{"state":"ON"}"#.to_vec(), "unknown device 'ghost'"),
+            ("energy2mqtt/boiler/set", br#"{"colour":"red"}"#.to_vec(), "unknown field 'colour'"),
+            ("energy2mqtt/boiler/set", br#"{"state":"MAYBE"}"#.to_vec(), "invalid value"),
+            ("energy2mqtt/boiler/set", vec![b'x'; 1024 * 1024], "too large"),
+            ("energy2mqtt/ghost/get", b"{}".to_vec(), "unknown device 'ghost'"),
+        ];
+        for (topic, payload, want) in cases {
+            c.publish(topic, payload, false).await;
+            let ev = c
+                .expect(WAIT, |m| m.topic == "energy2mqtt/bridge/event")
+                .await
+                .unwrap_or_else(|| panic!("{kind:?}: no error event for {topic} ({want})"));
+            let v = ev.json();
+            assert_eq!(v["type"], "command_error");
+            assert_eq!(v["topic"], topic);
+            assert!(
+                v["error"].as_str().is_some_and(|e| e.contains(want)),
+                "{kind:?}: {v} should say {want}"
+            );
+        }
+
+        c.publish("energy2mqtt/bridge/request/reboot_the_moon", r#"{"transaction":"t1"}"#, false)
+            .await;
+        let r = c
+            .expect(WAIT, topic_is("energy2mqtt/bridge/response/reboot_the_moon"))
+            .await
+            .expect("error response");
+        let v = r.json();
+        assert_eq!(v["status"], "error");
+        assert_eq!(v["transaction"], "t1");
+        assert!(v["error"].as_str().unwrap_or_default().contains("unknown request"));
+
+        c.publish("energy2mqtt/bridge/request/health_check", "not json", false).await;
+        let r = c
+            .expect(WAIT, topic_is("energy2mqtt/bridge/response/health_check"))
+            .await
+            .expect("error response for bad JSON");
+        assert_eq!(r.json()["status"], "error");
+
+        // Still alive and answering.
+        c.publish("energy2mqtt/bridge/request/health_check", r#"{"transaction":42}"#, false)
+            .await;
+        let r = c
+            .expect(WAIT, topic_is("energy2mqtt/bridge/response/health_check"))
+            .await
+            .expect("health_check answered");
+        assert_eq!(
+            r.json(),
+            json!({"data":{"healthy":true},"status":"ok","transaction":42})
+        );
+        c.publish("energy2mqtt/bridge/request/info", "", false).await;
+        let r = c
+            .expect(WAIT, topic_is("energy2mqtt/bridge/response/info"))
+            .await
+            .expect("info answered");
+        assert_eq!(r.json()["data"]["version"], env!("CARGO_PKG_VERSION"));
+        assert!(bridge.is_running());
+        let log = bridge.log_text();
+        assert!(log.contains("command rejected"), "log line for rejected commands");
+        assert!(log.contains("unknown device"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_discovery_is_cleared_and_foreign_configs_are_kept() {
+    for kind in brokers() {
+        let broker = Broker::start(kind);
+        let user = Client::connect(broker.port, &[]).await;
+        let ours_gone = json!({
+            "name": "Power",
+            "unique_id": "energy2mqtt_oldplug_power",
+            "state_topic": "energy2mqtt/oldplug",
+            "origin": {"name": "energy2mqtt", "sw_version": "0.0.1"},
+            "device": {"identifiers": ["energy2mqtt_oldplug"], "name": "Old plug",
+                       "via_device": "energy2mqtt_bridge_energy2mqtt"},
+            "availability": [{"topic": "energy2mqtt/bridge/state"}]
+        });
+        let other_bridge = json!({
+            "unique_id": "x",
+            "origin": {"name": "energy2mqtt"},
+            "device": {"identifiers": ["x"], "name": "x", "via_device": "energy2mqtt_bridge_upstairs"}
+        });
+        let foreign = json!({"unique_id": "z", "origin": {"name": "Zigbee2MQTT"},
+                             "device": {"identifiers": ["z"], "name": "z"}});
+        user.publish("homeassistant/sensor/oldplug/power/config", ours_gone.to_string(), true)
+            .await;
+        user.publish("homeassistant/sensor/upstairs/p/config", other_bridge.to_string(), true)
+            .await;
+        user.publish("homeassistant/sensor/zigbee/temp/config", foreign.to_string(), true)
+            .await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+
+        let bridge = Bridge::start(&broker.url(), "", &[]);
+        let mut w = Client::connect(broker.port, &["energy2mqtt/bridge/state"]).await;
+        w.expect(WAIT, online).await.expect("online");
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+
+        let mut ha = Client::connect(broker.port, &["homeassistant/#"]).await;
+        let msgs = ha.collect(Duration::from_millis(800)).await;
+        let topics: Vec<&str> = msgs
+            .iter()
+            .filter(|m| !m.payload.is_empty())
+            .map(|m| m.topic.as_str())
+            .collect();
+        assert!(!topics.contains(&"homeassistant/sensor/oldplug/power/config"), "{kind:?}: ghost kept: {topics:?}");
+        assert!(topics.contains(&"homeassistant/sensor/zigbee/temp/config"), "{kind:?}: foreign config removed");
+        assert!(topics.contains(&"homeassistant/sensor/upstairs/p/config"), "{kind:?}: other bridge's config removed");
+        assert!(topics.contains(&"homeassistant/sensor/energy2mqtt_bridge/version/config"));
+        assert!(bridge.log_text().contains("removing discovery config"));
+    }
+}
