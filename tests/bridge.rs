@@ -43,7 +43,7 @@ async fn publishes_retained_discovery_state_and_info() {
             .unwrap_or_else(|| panic!("{kind:?}: version discovery missing"));
         assert!(version.retain);
         let v = version.json();
-        assert_eq!(v["unique_id"], "energy2mqtt_energy2mqtt_bridge_version");
+        assert_eq!(v["unique_id"], "energy2mqtt_bridge_version");
         assert_eq!(v["state_topic"], "energy2mqtt/bridge");
         assert_eq!(v["entity_category"], "diagnostic");
         assert_eq!(v["origin"]["name"], "energy2mqtt");

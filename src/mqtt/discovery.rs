@@ -251,6 +251,8 @@ pub struct DeviceEntities<'t> {
     topics: &'t Topics,
     /// Node id in the discovery topic and the prefix of entity ids.
     node_id: String,
+    /// `unique_id` = `<uid_prefix>_<object_id>`.
+    uid_prefix: String,
     device: Device,
     origin: Origin,
     availability: Vec<Availability>,
@@ -266,6 +268,7 @@ impl<'t> DeviceEntities<'t> {
         Self {
             topics,
             node_id: device_id.to_owned(),
+            uid_prefix: format!("{}_{device_id}", topics.base()),
             device,
             origin: origin(),
             availability: vec![
@@ -280,7 +283,7 @@ impl<'t> DeviceEntities<'t> {
     fn base(&self, object_id: &str, name: &str, component: &str) -> EntityBase {
         EntityBase {
             name: Some(name.to_owned()),
-            unique_id: format!("{}_{}_{object_id}", self.topics.base(), self.node_id),
+            unique_id: format!("{}_{object_id}", self.uid_prefix),
             default_entity_id: format!("{component}.{}_{object_id}", self.node_id),
             device: self.device.clone(),
             origin: self.origin.clone(),
@@ -510,6 +513,7 @@ pub fn bridge_device(topics: &Topics) -> Vec<DiscoveryMessage> {
     };
     let mut b = DeviceEntities {
         topics,
+        uid_prefix: node_id.clone(),
         node_id,
         device,
         origin: origin(),
