@@ -321,3 +321,47 @@ async fn stale_discovery_is_cleared_and_foreign_configs_are_kept() {
         assert!(bridge.log_text().contains("removing discovery config"));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_runs_the_embedded_broker_and_the_bridge() {
+    let port = free_port();
+    let mut child = std::process::Command::new(BIN)
+        .arg("demo")
+        .env_clear()
+        .env("E2M_BROKER__LISTEN", format!("127.0.0.1:{port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start demo");
+    let mut c = None;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            c = Some(Client::connect(port, &["energy2mqtt/#", "homeassistant/#"]).await);
+            break;
+        }
+    }
+    let mut c = c.expect("the demo's broker listens");
+    let msgs = c.collect(Duration::from_secs(2)).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(msgs.iter().any(online), "bridge online in the demo");
+    assert!(
+        msgs.iter()
+            .any(|m| m.topic == "homeassistant/sensor/energy2mqtt_bridge/version/config")
+    );
+}
+
+#[test]
+fn an_open_embedded_broker_without_credentials_is_refused() {
+    let out = std::process::Command::new(BIN)
+        .arg("demo")
+        .env_clear()
+        .env("E2M_BROKER__LISTEN", "0.0.0.0:18830")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("`broker.username`"), "{err}");
+    assert!(err.contains("reachable from the network"), "{err}");
+}
