@@ -74,7 +74,11 @@ fn main() {
     let e2e_deadline = deadline - RSS_PART_RESERVE;
     if let Err(e) = runtime.block_on(bench_end_to_end(&mut report, e2e_deadline)) {
         println!("end-to-end bench failed: {e:#}");
-        report.add("end-to-end publish rate", format!("not measured: {e:#}"), "");
+        report.add(
+            "end-to-end publish rate",
+            format!("not measured: {e:#}"),
+            "",
+        );
     }
 
     println!("\n== 3. bridge resident memory ==");
@@ -112,10 +116,27 @@ impl Report {
     }
 
     fn print(&self) {
-        let w0 = self.rows.iter().map(|r| r.0.len()).max().unwrap_or(0).max(11);
-        let w1 = self.rows.iter().map(|r| r.1.len()).max().unwrap_or(0).max(8);
+        let w0 = self
+            .rows
+            .iter()
+            .map(|r| r.0.len())
+            .max()
+            .unwrap_or(0)
+            .max(11);
+        let w1 = self
+            .rows
+            .iter()
+            .map(|r| r.1.len())
+            .max()
+            .unwrap_or(0)
+            .max(8);
         println!("\n{:<w0$} | {:<w1$} | target", "measurement", "measured");
-        println!("{}-+-{}-+-{}", "-".repeat(w0), "-".repeat(w1), "-".repeat(24));
+        println!(
+            "{}-+-{}-+-{}",
+            "-".repeat(w0),
+            "-".repeat(w1),
+            "-".repeat(24)
+        );
         for (what, measured, target) in &self.rows {
             println!("{what:<w0$} | {measured:<w1$} | {target}");
         }
@@ -161,15 +182,30 @@ fn bms_readings(i: usize) -> Map<String, Value> {
             round(3.28 + jitter(i, c, 0.05), 3),
         );
     }
-    m.insert("battery_voltage".into(), round(52.4 + jitter(i, 17, 1.2), 2));
-    m.insert("battery_current".into(), round(-25.0 + jitter(i, 18, 50.0), 2));
-    m.insert("battery_power".into(), round(-1300.0 + jitter(i, 19, 2600.0), 1));
+    m.insert(
+        "battery_voltage".into(),
+        round(52.4 + jitter(i, 17, 1.2), 2),
+    );
+    m.insert(
+        "battery_current".into(),
+        round(-25.0 + jitter(i, 18, 50.0), 2),
+    );
+    m.insert(
+        "battery_power".into(),
+        round(-1300.0 + jitter(i, 19, 2600.0), 1),
+    );
     m.insert("battery_soc".into(), Value::from(20 + (i * 7) % 80));
-    m.insert("remaining_capacity".into(), round(150.0 + jitter(i, 20, 130.0), 2));
+    m.insert(
+        "remaining_capacity".into(),
+        round(150.0 + jitter(i, 20, 130.0), 2),
+    );
     m.insert("cycle_count".into(), Value::from(100 + i * 3));
     m.insert("temperature_1".into(), round(18.0 + jitter(i, 21, 10.0), 1));
     m.insert("temperature_2".into(), round(18.0 + jitter(i, 22, 10.0), 1));
-    m.insert("mos_temperature".into(), round(25.0 + jitter(i, 23, 15.0), 1));
+    m.insert(
+        "mos_temperature".into(),
+        round(25.0 + jitter(i, 23, 15.0), 1),
+    );
     m.insert("cell_delta".into(), round(0.002 + jitter(i, 24, 0.03), 3));
     m
 }
@@ -219,7 +255,10 @@ fn devices() -> Vec<(String, Map<String, Value>)> {
 }
 
 /// Median over several runs of `f` applied to every device, in ns per device.
-fn time_per_device(devs: &[(String, Map<String, Value>)], f: impl Fn(&Map<String, Value>) -> usize) -> f64 {
+fn time_per_device(
+    devs: &[(String, Map<String, Value>)],
+    f: impl Fn(&Map<String, Value>) -> usize,
+) -> f64 {
     // Calibrate so that one run takes about 150 ms.
     let t = Instant::now();
     let mut calib = 0;
@@ -246,7 +285,8 @@ fn time_per_device(devs: &[(String, Map<String, Value>)], f: impl Fn(&Map<String
 
 fn bench_serialisation(report: &mut Report) {
     let devs = devices();
-    let seen = OffsetDateTime::from_unix_timestamp(1_750_000_000).unwrap_or(OffsetDateTime::UNIX_EPOCH);
+    let seen =
+        OffsetDateTime::from_unix_timestamp(1_750_000_000).unwrap_or(OffsetDateTime::UNIX_EPOCH);
     let readings: usize = devs.iter().map(|(_, m)| m.len()).sum();
     let bytes: usize = devs
         .iter()
@@ -486,17 +526,25 @@ async fn e2e_run(
         client_options(&format!("bench-pub-{label}"), port),
         Duration::from_secs(2),
     );
-    let connected =
-        tokio::time::timeout(Duration::from_secs(5), conn.status.wait_for(|s| s.connected)).await;
+    let connected = tokio::time::timeout(
+        Duration::from_secs(5),
+        conn.status.wait_for(|s| s.connected),
+    )
+    .await;
     if !matches!(connected, Ok(Ok(_))) {
         conn.shutdown(None, Duration::from_millis(500)).await;
         sub.stop().await;
         return Err(anyhow!("our Connection did not connect within 5 s"));
     }
 
-    let topics: Vec<String> = (0..bodies.len()).map(|i| format!("{prefix}device{i:03}")).collect();
+    let topics: Vec<String> = (0..bodies.len())
+        .map(|i| format!("{prefix}device{i:03}"))
+        .collect();
     let message = |i: usize| {
-        let (topic, body) = (topics[i % topics.len()].clone(), bodies[i % bodies.len()].clone());
+        let (topic, body) = (
+            topics[i % topics.len()].clone(),
+            bodies[i % bodies.len()].clone(),
+        );
         match kind {
             Kind::Transient => Message::transient(topic, body),
             Kind::State => Message::retained(Class::State, topic, body),
@@ -651,7 +699,13 @@ struct Proc {
 }
 
 impl Proc {
-    fn spawn(bin: &Path, args: &[&str], env: &[(&str, String)], dir: &Path, name: &str) -> Result<Self> {
+    fn spawn(
+        bin: &Path,
+        args: &[&str],
+        env: &[(&str, String)],
+        dir: &Path,
+        name: &str,
+    ) -> Result<Self> {
         let log = dir.join(format!("{name}.log"));
         let stderr = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let child = Command::new(bin)
@@ -723,7 +777,9 @@ async fn bench_rss(report: &mut Report, deadline: Instant) -> Result<()> {
     )?;
     if !wait_for_port(port, Duration::from_secs(5)) {
         broker_proc.check_alive().context("energy2mqtt broker")?;
-        return Err(anyhow!("energy2mqtt broker did not listen on {port} within 5 s"));
+        return Err(anyhow!(
+            "energy2mqtt broker did not listen on {port} within 5 s"
+        ));
     }
 
     // The observer subscribes first, so it sees the bridge come online.
@@ -732,8 +788,12 @@ async fn bench_rss(report: &mut Report, deadline: Instant) -> Result<()> {
     let errors = Arc::new(AtomicU64::new(0));
     let last_rx = Arc::new(std::sync::Mutex::new(Instant::now()));
     let observer = {
-        let (online, responses, errors, last_rx) =
-            (online.clone(), responses.clone(), errors.clone(), last_rx.clone());
+        let (online, responses, errors, last_rx) = (
+            online.clone(),
+            responses.clone(),
+            errors.clone(),
+            last_rx.clone(),
+        );
         Subscriber::start(
             "bench-observer",
             port,
@@ -744,9 +804,10 @@ async fn bench_rss(report: &mut Report, deadline: Instant) -> Result<()> {
             ],
             move |p| {
                 match p.topic.as_str() {
-                    "energy2mqtt/bridge/state" => {
-                        online.store(p.payload.as_ref() == payloads::ONLINE.as_bytes(), Ordering::Relaxed)
-                    }
+                    "energy2mqtt/bridge/state" => online.store(
+                        p.payload.as_ref() == payloads::ONLINE.as_bytes(),
+                        Ordering::Relaxed,
+                    ),
                     "energy2mqtt/bridge/response/health_check" => {
                         responses.fetch_add(1, Ordering::Relaxed);
                     }
@@ -771,7 +832,12 @@ async fn bench_rss(report: &mut Report, deadline: Instant) -> Result<()> {
         port,
         &mut broker_proc,
         deadline,
-        Counters { online, responses, errors, last_rx },
+        Counters {
+            online,
+            responses,
+            errors,
+            last_rx,
+        },
     )
     .await;
     observer.stop().await;
@@ -828,7 +894,11 @@ async fn rss_with_bridge(
     let idle = read_mem(Some(pid)).ok_or_else(|| anyhow!("cannot read /proc/{pid}/status"))?;
     report.add(
         "`energy2mqtt run` idle 3 s after start (no devices, external broker)",
-        format!("VmRSS {:.2} MiB, VmHWM {:.2} MiB", idle.rss_mib(), idle.hwm_mib()),
+        format!(
+            "VmRSS {:.2} MiB, VmHWM {:.2} MiB",
+            idle.rss_mib(),
+            idle.hwm_mib()
+        ),
         "<= 8 MiB idle (issue); <= 12 MiB with 2 BMS + 1 inverter + 4 plugs (DESIGN)",
     );
     if let Some(b) = read_mem(Some(broker_proc.pid())) {
@@ -868,15 +938,24 @@ async fn rss_with_bridge(
         })
     };
     let flood_started = Instant::now();
-    let flood_budget = left.saturating_sub(Duration::from_secs(3)).min(Duration::from_secs(15));
+    let flood_budget = left
+        .saturating_sub(Duration::from_secs(3))
+        .min(Duration::from_secs(15));
     let flood = tokio::time::timeout(flood_budget, async {
         let request = "energy2mqtt/bridge/request/health_check";
         for i in 0..FLOOD_REQUESTS {
             let body = format!(r#"{{"transaction":{i}}}"#);
-            client.publish(request, QoS::AtMostOnce, false, body).await?;
+            client
+                .publish(request, QoS::AtMostOnce, false, body)
+                .await?;
             if i % (FLOOD_REQUESTS / FLOOD_BAD_COMMANDS) == 0 {
                 client
-                    .publish("energy2mqtt/ghost/set", QoS::AtMostOnce, false, r#"{"state":"ON"}"#)
+                    .publish(
+                        "energy2mqtt/ghost/set",
+                        QoS::AtMostOnce,
+                        false,
+                        r#"{"state":"ON"}"#,
+                    )
                     .await?;
             }
         }
@@ -885,7 +964,8 @@ async fn rss_with_bridge(
     .await;
     let flood_secs = flood_started.elapsed().as_secs_f64();
     // Let the answers drain: until 1 s of silence, bounded.
-    let drain_until = Instant::now() + Duration::from_secs(5).min(deadline.saturating_duration_since(Instant::now()));
+    let drain_until = Instant::now()
+        + Duration::from_secs(5).min(deadline.saturating_duration_since(Instant::now()));
     while Instant::now() < drain_until {
         tokio::time::sleep(Duration::from_millis(50)).await;
         let quiet = c.last_rx.lock().map(|t| t.elapsed()).unwrap_or_default();
@@ -917,7 +997,11 @@ async fn rss_with_bridge(
     );
     report.add(
         "flood: ghost/set bad commands answered with command_error",
-        format!("{}/{}", c.errors.load(Ordering::Relaxed), FLOOD_BAD_COMMANDS),
+        format!(
+            "{}/{}",
+            c.errors.load(Ordering::Relaxed),
+            FLOOD_BAD_COMMANDS
+        ),
         "",
     );
     match (alive, after) {
@@ -931,7 +1015,11 @@ async fn rss_with_bridge(
             ),
             "",
         ),
-        (Err(e), _) => report.add("`energy2mqtt run` under the flood", format!("DIED: {e:#}"), ""),
+        (Err(e), _) => report.add(
+            "`energy2mqtt run` under the flood",
+            format!("DIED: {e:#}"),
+            "",
+        ),
         (Ok(()), None) => report.add("`energy2mqtt run` under the flood", "RSS not readable", ""),
     }
     if let Some(b) = read_mem(Some(broker_proc.pid())) {

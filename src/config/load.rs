@@ -201,6 +201,11 @@ fn secret_files(env: &[(String, String)]) -> Result<Vec<(String, String, String)
         let Some(key) = secret_file_target(rest) else {
             continue;
         };
+        let plain = &name[..name.len() - "_FILE".len()];
+        if env.iter().any(|(k, v)| k == plain && !v.is_empty()) {
+            errors.push(both_set(plain, name));
+            continue;
+        }
         match read_secret_file(path) {
             Ok(value) => out.push((name.clone(), key, value)),
             Err(reason) => errors.push(ConfigError::new(name.clone(), reason)),
@@ -219,18 +224,32 @@ fn read_secret_file(path: &str) -> Result<String, String> {
         .map_err(|e| format!("cannot read secret file {path}: {e}"))
 }
 
-/// The original app's variables, and their `_FILE` forms.
+/// `X` and `X_FILE` both set: which one is meant would be a guess.
+fn both_set(plain: &str, file_var: &str) -> ConfigError {
+    ConfigError::new(
+        file_var,
+        format!("{plain} is set as well; set only one of {plain} and {file_var}"),
+    )
+}
+
+/// The original app's variables, and their `_FILE` forms. Empty values
+/// (`TAPO_PASSWORD=` left in a compose file) count as unset.
 fn legacy_var(env: &[(String, String)], name: &str) -> Result<Option<String>, ConfigError> {
-    let get = |n: &str| env.iter().rev().find(|(k, _)| k == n).map(|(_, v)| v.clone());
-    if let Some(v) = get(name) {
-        return Ok(Some(v));
-    }
+    let get = |n: &str| {
+        env.iter()
+            .rev()
+            .find(|(k, _)| k == n)
+            .map(|(_, v)| v.clone())
+            .filter(|v| !v.trim().is_empty())
+    };
     let file_var = format!("{name}_FILE");
-    match get(&file_var) {
-        Some(path) => read_secret_file(&path)
+    match (get(name), get(&file_var)) {
+        (Some(_), Some(_)) => Err(both_set(name, &file_var)),
+        (Some(v), None) => Ok(Some(v)),
+        (None, Some(path)) => read_secret_file(&path)
             .map(Some)
             .map_err(|reason| ConfigError::new(file_var, reason)),
-        None => Ok(None),
+        (None, None) => Ok(None),
     }
 }
 

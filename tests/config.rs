@@ -1,0 +1,924 @@
+//! The configuration through the real pipeline: figment loading from files
+//! and injected environment, the original app's variables, `*_FILE`
+//! secrets, validation, and `energy2mqtt check-config` as a user runs it.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use energy2mqtt::config::{
+    AlertsConfig, BalancerConfig, BmsConfig, BmsVariant, BrokerConfig, Config, ConfigError,
+    ConfigErrors, HomeAssistantConfig, InverterConfig, InverterTransport, LogConfig, MqttConfig,
+    PlugConfig, Secret, Sources, StorageConfig, TapoConfig, load_from,
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_energy2mqtt");
+const EXAMPLE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/config/energy2mqtt.example.toml"
+);
+const DEMO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/config/demo.toml");
+
+/// Tapo credentials, so that plugs validate.
+const TAPO: &str = r#"
+[tapo]
+email = "user@example.com"
+password = "tapo-pw"
+"#;
+
+// ---------------------------------------------------------------- helpers
+
+fn env(vars: &[(&str, &str)]) -> Vec<(String, String)> {
+    vars.iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// A file in a temporary directory; the directory goes when it is dropped.
+struct TempFile {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+}
+
+impl TempFile {
+    fn new(name: &str, contents: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(name);
+        std::fs::write(&path, contents).expect("write temp file");
+        Self { _dir: dir, path }
+    }
+
+    fn path_str(&self) -> &str {
+        self.path.to_str().expect("utf-8 temp path")
+    }
+}
+
+/// Loads `toml` as the configuration file, with `vars` as the environment.
+fn load(toml: &str, vars: &[(&str, &str)]) -> Result<Config, ConfigErrors> {
+    let file = TempFile::new("energy2mqtt.toml", toml);
+    load_from(&Sources {
+        base_toml: None,
+        file: Some(file.path.clone()),
+        file_required: true,
+        env: env(vars),
+    })
+}
+
+fn load_ok(toml: &str, vars: &[(&str, &str)]) -> Config {
+    load(toml, vars).unwrap_or_else(|e| panic!("expected a valid configuration, got {e}"))
+}
+
+fn load_err(toml: &str, vars: &[(&str, &str)]) -> ConfigErrors {
+    match load(toml, vars) {
+        Ok(c) => panic!("expected configuration errors, got {c:#?}"),
+        Err(e) => e,
+    }
+}
+
+/// The error about exactly `key`, whose reason contains `reason`.
+#[track_caller]
+fn expect_error<'a>(errors: &'a ConfigErrors, key: &str, reason: &str) -> &'a ConfigError {
+    assert!(
+        errors.mentions(key),
+        "no error names `{key}`; got:\n{errors}"
+    );
+    let e = errors
+        .0
+        .iter()
+        .find(|e| e.key == key && e.reason.contains(reason))
+        .unwrap_or_else(|| panic!("no error on `{key}` says {reason:?}; got:\n{errors}"));
+    assert!(
+        errors.to_string().contains(&format!("`{key}`")),
+        "the message names the key: {errors}"
+    );
+    e
+}
+
+fn file_config(path: &str) -> Result<Config, ConfigErrors> {
+    load_from(&Sources {
+        file: Some(path.into()),
+        file_required: true,
+        ..Sources::default()
+    })
+}
+
+// ----------------------------------------------------------- unknown keys
+
+#[test]
+fn unknown_key_at_top_level() {
+    let errors = load_err("bogus = 1\n", &[]);
+    let e = expect_error(&errors, "bogus", "unknown key `bogus`");
+    assert!(e.reason.contains("expected one of"), "{e}");
+    assert!(e.reason.contains("mqtt"), "lists the valid keys: {e}");
+    assert_eq!(errors.0.len(), 1, "{errors}");
+}
+
+#[test]
+fn unknown_key_in_a_section() {
+    let errors = load_err("[mqtt]\nbogus = 1\n", &[]);
+    let e = expect_error(&errors, "mqtt.bogus", "unknown key `bogus`");
+    assert!(e.reason.contains("base_topic"), "lists the valid keys: {e}");
+    let origin = e.origin.as_deref().unwrap_or_default();
+    assert!(origin.contains("energy2mqtt.toml"), "names the file: {origin}");
+}
+
+#[test]
+fn unknown_key_in_an_array_element() {
+    let toml = format!(
+        "{TAPO}
+[[plug]]
+id = \"boiler\"
+host = \"127.0.0.1\"
+bogus = true
+"
+    );
+    let errors = load_err(&toml, &[]);
+    let e = expect_error(&errors, "plug[0].bogus", "unknown key `bogus`");
+    assert!(e.reason.contains("sheddable"), "lists the plug keys: {e}");
+
+    let toml = format!(
+        "{TAPO}
+[[plug]]
+id = \"a\"
+host = \"127.0.0.1\"
+
+[[plug]]
+id = \"b\"
+host = \"127.0.0.1\"
+prio = 1
+"
+    );
+    expect_error(&load_err(&toml, &[]), "plug[1].prio", "unknown key `prio`");
+}
+
+#[test]
+fn missing_required_key_names_the_element() {
+    let toml = format!("{TAPO}\n[[plug]]\nhost = \"127.0.0.1\"\n");
+    expect_error(&load_err(&toml, &[]), "plug[0].id", "required key is missing");
+}
+
+#[test]
+fn unknown_key_from_the_environment_names_the_variable() {
+    let errors = load_err("", &[("E2M_MQTT__BOGUS", "1")]);
+    let e = expect_error(&errors, "mqtt.bogus", "unknown key `bogus`");
+    let origin = e.origin.as_deref().unwrap_or_default();
+    assert!(origin.contains("E2M_MQTT__BOGUS"), "origin: {origin}");
+}
+
+// ---------------------------------------------------------------- devices
+
+#[test]
+fn device_ids_are_unique_across_kinds() {
+    let toml = format!(
+        "{TAPO}
+[[bms]]
+id = \"boiler\"
+mac = \"C8:47:80:12:AB:34\"
+
+[[plug]]
+id = \"boiler\"
+host = \"127.0.0.1\"
+"
+    );
+    let errors = load_err(&toml, &[]);
+    let e = expect_error(&errors, "plug[0].id", "duplicate device id 'boiler'");
+    assert!(e.reason.contains("bms[0]"), "names the first user: {e}");
+    assert!(!errors.mentions("bms[0].id"), "the first one is fine: {errors}");
+}
+
+#[test]
+fn reserved_device_id() {
+    let toml = format!("{TAPO}\n[[plug]]\nid = \"bridge\"\nhost = \"127.0.0.1\"\n");
+    expect_error(&load_err(&toml, &[]), "plug[0].id", "reserved");
+
+    let toml = "[[bms]]\nid = \"bridge\"\nmac = \"C8:47:80:12:AB:34\"\n";
+    expect_error(&load_err(toml, &[]), "bms[0].id", "'bridge' is reserved");
+}
+
+#[test]
+fn malformed_device_id() {
+    let toml = format!("{TAPO}\n[[plug]]\nid = \"Boiler!\"\nhost = \"127.0.0.1\"\n");
+    let errors = load_err(&toml, &[]);
+    expect_error(&errors, "plug[0].id", "'Boiler!' is not a device id");
+}
+
+#[test]
+fn plug_inverter_must_exist() {
+    let toml = format!(
+        "{TAPO}
+[[plug]]
+id = \"boiler\"
+host = \"127.0.0.1\"
+inverter = \"garage\"
+"
+    );
+    expect_error(
+        &load_err(&toml, &[]),
+        "plug[0].inverter",
+        "no [[inverter]] with id 'garage'",
+    );
+}
+
+#[test]
+fn solarman_inverter_needs_a_serial() {
+    let toml = "[[inverter]]\nid = \"deye\"\nhost = \"127.0.0.1\"\n";
+    let errors = load_err(toml, &[]);
+    expect_error(&errors, "inverter[0].serial", "required for the solarman transport");
+    assert_eq!(errors.0.len(), 1, "{errors}");
+
+    let ok = load_ok(&format!("{toml}serial = 2712345678\n"), &[]);
+    assert_eq!(ok.inverter[0].transport, InverterTransport::Solarman);
+    assert_eq!(ok.inverter[0].serial, Some(2_712_345_678));
+}
+
+#[test]
+fn plug_without_any_tapo_credentials() {
+    let toml = "[[plug]]\nid = \"boiler\"\nhost = \"127.0.0.1\"\n";
+    expect_error(&load_err(toml, &[]), "plug[0].email", "no Tapo credentials");
+}
+
+// ------------------------------------------------------------------ ports
+
+#[test]
+fn broker_listen_port_zero() {
+    let errors = load_err("[broker]\nlisten = \"127.0.0.1:0\"\n", &[]);
+    expect_error(&errors, "broker.listen", "port 0");
+}
+
+#[test]
+fn plug_port_out_of_range() {
+    let toml = format!(
+        "{TAPO}
+[[plug]]
+id = \"boiler\"
+host = \"127.0.0.1\"
+port = 70000
+"
+    );
+    let errors = load_err(&toml, &[]);
+    expect_error(&errors, "plug[0].port", "70000");
+}
+
+#[test]
+fn mqtt_url_port_zero() {
+    let errors = load_err("[mqtt]\nurl = \"mqtt://h:0\"\n", &[]);
+    expect_error(&errors, "mqtt.url", "port 0 is not a valid port");
+}
+
+#[test]
+fn validation_reports_every_error_at_once() {
+    let toml = "[mqtt]\nurl = \"mqtt://h:0\"\n[broker]\nlisten = \"127.0.0.1:0\"\n";
+    let errors = load_err(toml, &[]);
+    expect_error(&errors, "mqtt.url", "port 0");
+    expect_error(&errors, "broker.listen", "port 0");
+}
+
+// -------------------------------------------------------------- durations
+
+#[test]
+fn bad_duration_in_the_file() {
+    let errors = load_err("[mqtt]\nkeepalive = \"5x\"\n", &[]);
+    let e = expect_error(&errors, "mqtt.keepalive", "invalid duration '5x'");
+    assert!(e.reason.contains("5s, 500ms"), "says what is expected: {e}");
+}
+
+#[test]
+fn bad_duration_from_the_environment() {
+    let errors = load_err("", &[("E2M_MQTT__KEEPALIVE", "5x")]);
+    let e = expect_error(&errors, "mqtt.keepalive", "invalid duration '5x'");
+    let origin = e.origin.as_deref().unwrap_or_default();
+    assert!(origin.contains("E2M_MQTT__KEEPALIVE"), "origin: {origin}");
+    assert!(errors.to_string().contains("E2M_MQTT__KEEPALIVE"), "{errors}");
+}
+
+#[test]
+fn durations_accept_units_and_bare_seconds() {
+    let toml = "[mqtt]\nkeepalive = 45\nreconnect_max = \"1m30s\"\n[homeassistant]\nbirth_delay = \"500ms\"\n";
+    let c = load_ok(toml, &[("E2M_BALANCER__OVERRIDE_WINDOW", "2h")]);
+    assert_eq!(c.mqtt.keepalive, Duration::from_secs(45));
+    assert_eq!(c.mqtt.reconnect_max, Duration::from_secs(90));
+    assert_eq!(c.homeassistant.birth_delay, Duration::from_millis(500));
+    assert_eq!(c.balancer.override_window, Duration::from_secs(7200));
+}
+
+// ----------------------------------------------------------------- broker
+
+#[test]
+fn network_broker_needs_credentials() {
+    let toml = "[broker]\nenabled = true\nlisten = \"0.0.0.0:1883\"\n";
+    let errors = load_err(toml, &[]);
+    expect_error(&errors, "broker.username", "reachable from the network");
+
+    let with_credentials = format!("{toml}username = \"u\"\npassword = \"p\"\n");
+    load_ok(&with_credentials, &[]);
+    load_ok("[broker]\nenabled = true\nlisten = \"127.0.0.1:1884\"\n", &[]);
+}
+
+// ------------------------------------------------------------- precedence
+
+#[test]
+fn defaults_then_file_then_env() {
+    assert_eq!(load_ok("", &[]).mqtt.base_topic, "energy2mqtt");
+
+    let file = "[mqtt]\nbase_topic = \"from-file\"\nclient_id = \"file-client\"\n";
+    let c = load_ok(file, &[]);
+    assert_eq!(c.mqtt.base_topic, "from-file");
+
+    let c = load_ok(file, &[("E2M_MQTT__BASE_TOPIC", "from-env")]);
+    assert_eq!(c.mqtt.base_topic, "from-env");
+    assert_eq!(c.mqtt.client_id, "file-client", "the rest of the file stays");
+    assert_eq!(c.mqtt.keepalive, Duration::from_secs(30), "defaults fill in");
+}
+
+#[test]
+fn env_values_are_typed_like_the_file() {
+    let c = load_ok(
+        "",
+        &[
+            ("E2M_BROKER__ENABLED", "true"),
+            ("E2M_BROKER__LISTEN", "127.0.0.1:1884"),
+            ("E2M_BROKER__MAX_CONNECTIONS", "10"),
+            ("E2M_HOMEASSISTANT__DISCOVERY", "false"),
+            ("E2M_BALANCER__ON_GRID_W", "5000"),
+            ("E2M_LOG__FORMAT", "json"),
+            ("E2M_MQTT__CLIENT_ID", "1234"),
+            ("E2M_MQTT__URL", "mqtt://127.0.0.1:1885"),
+        ],
+    );
+    assert!(c.broker.enabled);
+    assert_eq!(c.broker.listen.port(), 1884);
+    assert_eq!(c.broker.max_connections, 10);
+    assert!(!c.homeassistant.discovery);
+    assert_eq!(c.balancer.on_grid_w, 5000.0);
+    assert_eq!(c.log.format, energy2mqtt::config::LogFormat::Json);
+    assert_eq!(c.mqtt.client_id, "1234", "a numeric string stays a string");
+    assert_eq!(c.mqtt.url.as_deref(), Some("mqtt://127.0.0.1:1885"));
+
+    let errors = load_err("", &[("E2M_BALANCER__ON_GRID_W", "lots")]);
+    expect_error(&errors, "balancer.on_grid_w", "lots");
+}
+
+#[test]
+fn legacy_variables_override_file_and_e2m_env() {
+    let toml = "
+[tapo]
+email = \"file@example.com\"
+password = \"file-pw\"
+
+[[inverter]]
+id = \"deye\"
+host = \"127.0.0.3\"
+serial = 1
+
+[[inverter]]
+id = \"deye2\"
+host = \"127.0.0.4\"
+serial = 2
+";
+    let c = load_ok(
+        toml,
+        &[
+            ("E2M_TAPO__EMAIL", "env@example.com"),
+            ("E2M_TAPO__PASSWORD", "env-pw"),
+            ("INVERTER_IP", " 127.0.0.2 "),
+            ("LOGGER_SN", "2712345678"),
+            ("TAPO_EMAIL", "legacy@example.com"),
+            ("TAPO_PASSWORD", "legacy-pw"),
+        ],
+    );
+    assert_eq!(c.inverter.len(), 2);
+    assert_eq!(c.inverter[0].id, "deye", "applied to the first inverter");
+    assert_eq!(c.inverter[0].host.as_deref(), Some("127.0.0.2"));
+    assert_eq!(c.inverter[0].serial, Some(2_712_345_678));
+    assert_eq!(c.inverter[1].host.as_deref(), Some("127.0.0.4"));
+    assert_eq!(c.inverter[1].serial, Some(2));
+    assert_eq!(c.tapo.email.as_ref().map(Secret::expose), Some("legacy@example.com"));
+    assert_eq!(c.tapo.password.as_ref().map(Secret::expose), Some("legacy-pw"));
+
+    // Without the original variables the E2M_ ones win over the file.
+    let c = load_ok(toml, &[("E2M_TAPO__EMAIL", "env@example.com")]);
+    assert_eq!(c.tapo.email.as_ref().map(Secret::expose), Some("env@example.com"));
+    assert_eq!(c.tapo.password.as_ref().map(Secret::expose), Some("file-pw"));
+}
+
+#[test]
+fn legacy_variables_alone_create_the_inverter() {
+    let c = load_ok(
+        "",
+        &[
+            ("INVERTER_IP", "127.0.0.2"),
+            ("LOGGER_SN", "1234567890"),
+            ("TAPO_EMAIL", "legacy@example.com"),
+            ("TAPO_PASSWORD", "legacy-pw"),
+        ],
+    );
+    assert_eq!(c.inverter.len(), 1);
+    let inv = &c.inverter[0];
+    assert_eq!(inv.id, "inverter");
+    assert_eq!(inv.transport, InverterTransport::Solarman);
+    assert_eq!(inv.host.as_deref(), Some("127.0.0.2"));
+    assert_eq!(inv.serial, Some(1_234_567_890));
+    assert_eq!(inv.port, None, "the transport's default port");
+    assert_eq!(inv.poll_interval, Duration::from_secs(5));
+    assert_eq!(c.tapo.password.as_ref().map(Secret::expose), Some("legacy-pw"));
+
+    // INVERTER_IP alone: the created inverter still needs its serial.
+    let errors = load_err("", &[("INVERTER_IP", "127.0.0.2")]);
+    expect_error(&errors, "inverter[0].serial", "LOGGER_SN");
+
+    // Empty legacy variables (docker-compose `VAR=`) are ignored.
+    let c = load_ok("", &[("INVERTER_IP", ""), ("LOGGER_SN", " ")]);
+    assert!(c.inverter.is_empty());
+}
+
+#[test]
+fn bad_logger_sn_names_the_variable() {
+    let errors = load_err("", &[("INVERTER_IP", "127.0.0.2"), ("LOGGER_SN", "abc")]);
+    expect_error(&errors, "LOGGER_SN", "'abc' is not a logger serial number");
+
+    let errors = load_err("", &[("LOGGER_SN", "1234")]);
+    expect_error(&errors, "LOGGER_SN", "without INVERTER_IP");
+}
+
+// ---------------------------------------------------------------- secrets
+
+#[test]
+fn secrets_from_files_lose_the_trailing_newline() {
+    let mqtt_pw = TempFile::new("mqtt_password", "mqtt-s3cret\n");
+    let tapo_pw = TempFile::new("tapo_password", "tapo-s3cret\r\n");
+    let c = load_ok(
+        "[mqtt]\nusername = \"bridge-user\"\n",
+        &[
+            ("E2M_MQTT__PASSWORD_FILE", mqtt_pw.path_str()),
+            ("TAPO_PASSWORD_FILE", tapo_pw.path_str()),
+        ],
+    );
+    assert_eq!(c.mqtt.password.as_ref().map(Secret::expose), Some("mqtt-s3cret"));
+    assert_eq!(c.tapo.password.as_ref().map(Secret::expose), Some("tapo-s3cret"));
+}
+
+#[test]
+fn secret_file_beats_the_plain_variable_of_the_same_key() {
+    let pw = TempFile::new("pw", "from-file\n");
+    let c = load_ok(
+        "[mqtt]\nusername = \"u\"\npassword = \"from-toml\"\n",
+        &[
+            ("E2M_MQTT__PASSWORD", "from-env"),
+            ("E2M_MQTT__PASSWORD_FILE", pw.path_str()),
+        ],
+    );
+    assert_eq!(c.mqtt.password.as_ref().map(Secret::expose), Some("from-file"));
+
+    // TAPO_PASSWORD itself wins over TAPO_PASSWORD_FILE.
+    let c = load_ok(
+        "",
+        &[("TAPO_PASSWORD", "plain"), ("TAPO_PASSWORD_FILE", pw.path_str())],
+    );
+    assert_eq!(c.tapo.password.as_ref().map(Secret::expose), Some("plain"));
+}
+
+#[test]
+fn missing_secret_file_names_the_variable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let missing = dir.path().join("nope");
+    let missing = missing.to_str().expect("utf-8");
+
+    let errors = load_err("", &[("E2M_MQTT__PASSWORD_FILE", missing)]);
+    let e = expect_error(&errors, "E2M_MQTT__PASSWORD_FILE", "cannot read secret file");
+    assert!(e.reason.contains(missing), "names the path: {e}");
+
+    let errors = load_err("", &[("TAPO_PASSWORD_FILE", missing)]);
+    let e = expect_error(&errors, "TAPO_PASSWORD_FILE", "cannot read secret file");
+    assert!(e.reason.contains(missing), "names the path: {e}");
+}
+
+#[test]
+fn numeric_password_from_env() {
+    let c = load_ok(
+        "",
+        &[("E2M_MQTT__USERNAME", "1234"), ("E2M_MQTT__PASSWORD", "1234")],
+    );
+    assert_eq!(c.mqtt.username.as_deref(), Some("1234"));
+    assert_eq!(c.mqtt.password.as_ref().map(Secret::expose), Some("1234"));
+
+    let c = load_ok("[tapo]\nemail = \"a@b.c\"\npassword = 5678\n", &[]);
+    assert_eq!(c.tapo.password.as_ref().map(Secret::expose), Some("5678"));
+}
+
+#[test]
+fn ca_file_is_a_key_not_a_secret_file() {
+    // `E2M_MQTT__CA_FILE` sets `mqtt.ca_file`; it is not `mqtt.ca` read from a file.
+    let ca = TempFile::new("ca.pem", "-----BEGIN CERTIFICATE-----\n");
+    let c = load_ok("", &[("E2M_MQTT__CA_FILE", ca.path_str())]);
+    assert_eq!(c.mqtt.ca_file.as_deref(), Some(ca.path.as_path()));
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let missing = dir.path().join("missing.pem");
+    let errors = load_err("", &[("E2M_MQTT__CA_FILE", missing.to_str().unwrap())]);
+    expect_error(&errors, "mqtt.ca_file", "no such file");
+}
+
+#[test]
+fn unrelated_e2m_variables_are_ignored() {
+    let c = load_ok(
+        "",
+        &[
+            ("E2M_TEST_MOSQUITTO", "1"),
+            ("E2M_VECTORS", "/x"),
+            ("E2M_VECTORS_FILE", "/nonexistent"),
+            ("E2M", "x"),
+            ("PATH", "/usr/bin"),
+            ("HOME", "/root"),
+        ],
+    );
+    assert_eq!(c, Config::default());
+}
+
+// ------------------------------------------------------- shipped configs
+
+#[test]
+fn example_file_loads_and_validates() {
+    let c = file_config(EXAMPLE).unwrap_or_else(|e| panic!("{EXAMPLE}: {e}"));
+    assert_eq!(c.bms.len(), 1);
+    assert_eq!(c.inverter.len(), 1);
+    assert_eq!(c.inverter[0].transport, InverterTransport::Solarman);
+    assert!(c.inverter[0].serial.is_some());
+    assert_eq!(c.plug.len(), 2);
+    assert!(c.plug.iter().all(|p| p.inverter.as_deref() == Some("inverter")));
+    assert!(c.tapo.email.is_some() && c.tapo.password.is_some());
+
+    // The global sections show the defaults.
+    assert_eq!(c.mqtt, MqttConfig::default());
+    assert_eq!(c.homeassistant, HomeAssistantConfig::default());
+    assert_eq!(c.broker, BrokerConfig::default());
+    assert_eq!(c.log, LogConfig::default());
+    assert_eq!(c.storage, StorageConfig::default());
+    assert_eq!(c.tapo.timeout, TapoConfig::default().timeout);
+    assert_eq!(c.balancer, BalancerConfig::default());
+    assert_eq!(c.alerts, AlertsConfig::default());
+
+    // Keys left at their default in the device sections show the default too.
+    let bms = &c.bms[0];
+    assert_eq!(bms.variant, BmsVariant::Auto);
+    assert!(!bms.pair);
+    assert_eq!(bms.publish_interval, Duration::from_secs(1));
+    let inv = &c.inverter[0];
+    assert_eq!((inv.baud, inv.slave_id), (9600, 1));
+    assert_eq!(inv.poll_interval, Duration::from_secs(5));
+    assert_eq!(inv.timeout, Duration::from_secs(5));
+    let plug = &c.plug[0];
+    assert_eq!(plug.poll_interval, Duration::from_secs(5));
+    assert!(plug.sheddable);
+    assert_eq!(plug.min_on, Duration::from_secs(60));
+}
+
+#[test]
+fn demo_file_loads_and_validates() {
+    let c = file_config(DEMO).unwrap_or_else(|e| panic!("{DEMO}: {e}"));
+    assert!(c.broker.enabled);
+    assert!(c.broker.listen.ip().is_loopback());
+}
+
+#[test]
+fn empty_file_gives_the_defaults() {
+    assert_eq!(load_ok("", &[]), Config::default());
+    assert_eq!(load_ok("# nothing here\n", &[]), Config::default());
+    // No file at all (the default path does not exist) is fine as well.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = load_from(&Sources {
+        file: Some(dir.path().join("energy2mqtt.toml")),
+        file_required: false,
+        ..Sources::default()
+    });
+    assert_eq!(c, Ok(Config::default()));
+}
+
+#[test]
+fn missing_required_file_is_an_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let errors = load_from(&Sources {
+        file: Some(dir.path().join("nope.toml")),
+        file_required: true,
+        ..Sources::default()
+    })
+    .expect_err("a missing --config file");
+    expect_error(&errors, "--config", "nope.toml");
+}
+
+/// A configuration in which every optional key is set, so that serializing
+/// it yields every key there is.
+fn every_key() -> Config {
+    let d = Duration::from_secs(1);
+    Config {
+        mqtt: MqttConfig {
+            url: Some("mqtt://127.0.0.1:1883".into()),
+            username: Some("u".into()),
+            password: Some(Secret::new("p")),
+            client_id: "c".into(),
+            keepalive: d,
+            ca_file: Some("/ca.pem".into()),
+            base_topic: "b".into(),
+            reconnect_max: d,
+        },
+        homeassistant: HomeAssistantConfig::default(),
+        broker: BrokerConfig {
+            enabled: true,
+            listen: "127.0.0.1:1883".parse().unwrap(),
+            username: Some("u".into()),
+            password: Some(Secret::new("p")),
+            max_connections: 1,
+        },
+        log: LogConfig::default(),
+        storage: StorageConfig::default(),
+        tapo: TapoConfig {
+            email: Some(Secret::new("e")),
+            password: Some(Secret::new("p")),
+            timeout: d,
+        },
+        bms: vec![BmsConfig {
+            id: "b".into(),
+            name: Some("n".into()),
+            mac: "m".into(),
+            variant: BmsVariant::Auto,
+            pair: false,
+            publish_interval: d,
+        }],
+        inverter: vec![InverterConfig {
+            id: "i".into(),
+            name: Some("n".into()),
+            transport: InverterTransport::Solarman,
+            host: Some("h".into()),
+            port: Some(1),
+            serial: Some(1),
+            device: Some("/dev/null".into()),
+            baud: 1,
+            slave_id: 1,
+            poll_interval: d,
+            timeout: d,
+        }],
+        plug: vec![PlugConfig {
+            id: "p".into(),
+            name: Some("n".into()),
+            host: "h".into(),
+            port: Some(1),
+            email: Some(Secret::new("e")),
+            password: Some(Secret::new("p")),
+            nominal_w: Some(1.0),
+            poll_interval: d,
+            inverter: Some("i".into()),
+            priority: 1,
+            sheddable: true,
+            min_on: d,
+            min_off: d,
+            failsafe_shed: true,
+            pv_deficit_off: true,
+        }],
+        balancer: BalancerConfig::default(),
+        alerts: AlertsConfig::default(),
+    }
+}
+
+/// `(section, key)` for every key of the configuration.
+fn all_keys() -> BTreeSet<(String, String)> {
+    let value = toml::Value::try_from(every_key()).expect("serializable");
+    let mut out = BTreeSet::new();
+    for (section, v) in value.as_table().expect("a table") {
+        let table = match v {
+            toml::Value::Table(t) => t,
+            toml::Value::Array(a) => a[0].as_table().expect("array of tables"),
+            other => panic!("top-level key {section} is not a section: {other:?}"),
+        };
+        for key in table.keys() {
+            out.insert((section.clone(), key.clone()));
+        }
+    }
+    out
+}
+
+/// `key` when the line is `key = ...` or `# key = ...`.
+fn key_of(line: &str) -> Option<&str> {
+    let line = line.trim();
+    let line = line.strip_prefix('#').map(str::trim_start).unwrap_or(line);
+    let (key, _) = line.split_once('=')?;
+    let key = key.trim_end();
+    let ok = key.starts_with(|c: char| c.is_ascii_lowercase())
+        && key
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    ok.then_some(key)
+}
+
+#[test]
+fn example_file_documents_every_key() {
+    let text = std::fs::read_to_string(EXAMPLE).expect("example file");
+    let mut documented = BTreeSet::new();
+    let mut section: Option<String> = None;
+    let mut previous = "";
+    for line in text.lines() {
+        let trimmed = line.trim();
+        if trimmed.starts_with('[') {
+            let name = trimmed.trim_matches(|c| c == '[' || c == ']');
+            section = Some(name.to_owned());
+        } else if let (Some(section), Some(key)) = (&section, key_of(line)) {
+            let first = documented.insert((section.clone(), key.to_owned()));
+            if first {
+                let prev = previous.trim();
+                assert!(
+                    prev.starts_with('#') && key_of(prev).is_none(),
+                    "[{section}] {key}: the first mention needs a comment line above it"
+                );
+            }
+        }
+        previous = line;
+    }
+    let expected = all_keys();
+    let missing: Vec<_> = expected.difference(&documented).collect();
+    assert!(missing.is_empty(), "keys not in the example: {missing:?}");
+    let unknown: Vec<_> = documented.difference(&expected).collect();
+    assert!(unknown.is_empty(), "example keys that do not exist: {unknown:?}");
+}
+
+#[test]
+fn every_key_ending_in_file_can_be_set_from_env() {
+    // A key named `*_file` must not be taken for a `*_FILE` secret variable.
+    let target = TempFile::new("some.file", "x\n");
+    for (section, key) in all_keys() {
+        if !key.ends_with("_file") || matches!(section.as_str(), "bms" | "inverter" | "plug") {
+            continue;
+        }
+        let var = format!("E2M_{}__{}", section.to_uppercase(), key.to_uppercase());
+        let c = load(
+            "",
+            &[(var.as_str(), target.path_str())],
+        )
+        .unwrap_or_else(|e| panic!("{var}: {e}"));
+        let json = c.redacted_json();
+        assert_eq!(
+            json[&section][&key].as_str(),
+            Some(target.path_str()),
+            "{var} sets {section}.{key}"
+        );
+    }
+}
+
+// ------------------------------------------------------- the binary
+
+fn run(dir: &Path, args: &[&str], vars: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(BIN);
+    cmd.env_clear()
+        .current_dir(dir)
+        .args(args)
+        .envs(vars.iter().copied());
+    if let Some(path) = std::env::var_os("PATH") {
+        cmd.env("PATH", path);
+    }
+    cmd.output().expect("run energy2mqtt")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn check_config_exits_2_and_names_the_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("bad.toml");
+    let toml = format!(
+        "{TAPO}
+[[plug]]
+id = \"boiler\"
+host = \"127.0.0.1\"
+bogus = 1
+"
+    );
+    std::fs::write(&cfg, toml).unwrap();
+    let out = run(
+        dir.path(),
+        &["check-config", "--config", cfg.to_str().unwrap()],
+        &[("E2M_MQTT__PASSWORD", "env-mqtt-s3cret")],
+    );
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(2), "stdout: {stdout}\nstderr: {stderr}");
+    assert!(stderr.contains("`plug[0].bogus`"), "stderr: {stderr}");
+    assert!(stderr.contains("unknown key `bogus`"), "stderr: {stderr}");
+    assert!(stdout.is_empty(), "nothing on stdout: {stdout}");
+    for secret in ["tapo-pw", "env-mqtt-s3cret"] {
+        assert!(!stderr.contains(secret), "{secret} leaked: {stderr}");
+    }
+
+    // A validation error and an environment error, the same way.
+    std::fs::write(&cfg, "[broker]\nlisten = \"127.0.0.1:0\"\n").unwrap();
+    let out = run(
+        dir.path(),
+        &["check-config", "--config", cfg.to_str().unwrap()],
+        &[("E2M_MQTT__KEEPALIVE", "5x")],
+    );
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
+    assert!(stderr.contains("`mqtt.keepalive`"), "stderr: {stderr}");
+    assert!(stderr.contains("E2M_MQTT__KEEPALIVE"), "stderr: {stderr}");
+
+    // A --config file that does not exist.
+    let out = run(dir.path(), &["check-config", "--config", "nope.toml"], &[]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
+    assert!(stderr.contains("`--config`"), "stderr: {stderr}");
+}
+
+const SECRETS: &[&str] = &[
+    "file-mqtt-s3cret",
+    "file-tapo-s3cret",
+    "env-mqtt-s3cret",
+    "env-tapo-s3cret",
+    "filevar-broker-s3cret",
+    "filevar-tapo-s3cret",
+];
+
+#[track_caller]
+fn assert_redacted(out: &Output) -> toml::Table {
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "stdout: {stdout}\nstderr: {stderr}");
+    for secret in SECRETS {
+        assert!(!stdout.contains(secret), "{secret} in stdout:\n{stdout}");
+        assert!(!stderr.contains(secret), "{secret} in stderr:\n{stderr}");
+    }
+    assert!(stderr.contains("configuration OK"), "stderr: {stderr}");
+    stdout
+        .parse::<toml::Table>()
+        .unwrap_or_else(|e| panic!("stdout is TOML: {e}\n{stdout}"))
+}
+
+#[test]
+fn check_config_prints_the_effective_config_with_secrets_redacted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("energy2mqtt.toml");
+    std::fs::write(
+        &cfg,
+        "
+[mqtt]
+username = \"bridge\"
+password = \"file-mqtt-s3cret\"
+
+[tapo]
+email = \"user@example.com\"
+password = \"file-tapo-s3cret\"
+
+[[plug]]
+id = \"boiler\"
+host = \"127.0.0.1\"
+",
+    )
+    .unwrap();
+    let cfg_arg = cfg.to_str().unwrap();
+
+    // Secrets from the file.
+    let out = run(dir.path(), &["check-config", "--config", cfg_arg], &[]);
+    let printed = assert_redacted(&out);
+    assert_eq!(printed["mqtt"]["username"].as_str(), Some("bridge"));
+    assert_eq!(printed["mqtt"]["password"].as_str(), Some("<redacted>"));
+    assert_eq!(printed["tapo"]["password"].as_str(), Some("<redacted>"));
+    assert_eq!(printed["tapo"]["email"].as_str(), Some("<redacted>"));
+    assert_eq!(printed["plug"][0]["id"].as_str(), Some("boiler"));
+
+    // Secrets from the environment, plain and through *_FILE.
+    let broker_pw = TempFile::new("broker_pw", "filevar-broker-s3cret\n");
+    let tapo_pw = TempFile::new("tapo_pw", "filevar-tapo-s3cret\n");
+    let out = run(
+        dir.path(),
+        &["check-config", "--config", cfg_arg],
+        &[
+            ("E2M_MQTT__PASSWORD", "env-mqtt-s3cret"),
+            ("TAPO_PASSWORD", "env-tapo-s3cret"),
+            ("E2M_BROKER__USERNAME", "broker-user"),
+            ("E2M_BROKER__PASSWORD_FILE", broker_pw.path_str()),
+            ("E2M_MQTT__BASE_TOPIC", "from-env"),
+        ],
+    );
+    let printed = assert_redacted(&out);
+    assert_eq!(printed["mqtt"]["base_topic"].as_str(), Some("from-env"));
+    assert_eq!(printed["mqtt"]["password"].as_str(), Some("<redacted>"));
+    assert_eq!(printed["broker"]["username"].as_str(), Some("broker-user"));
+    assert_eq!(printed["broker"]["password"].as_str(), Some("<redacted>"));
+    assert_eq!(printed["tapo"]["password"].as_str(), Some("<redacted>"));
+
+    let out = run(
+        dir.path(),
+        &["check-config", "--config", cfg_arg],
+        &[("TAPO_PASSWORD_FILE", tapo_pw.path_str())],
+    );
+    let printed = assert_redacted(&out);
+    assert_eq!(printed["tapo"]["password"].as_str(), Some("<redacted>"));
+}
+
+#[test]
+fn check_config_output_loads_back_to_the_same_config() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = run(dir.path(), &["check-config", "--config", EXAMPLE], &[]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+
+    let original = file_config(EXAMPLE).expect("example");
+    let printed = load_ok(&stdout, &[]);
+    assert_eq!(printed.redacted_json(), original.redacted_json());
+}
