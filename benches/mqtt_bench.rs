@@ -526,12 +526,16 @@ async fn e2e_run(
         client_options(&format!("bench-pub-{label}"), port),
         Duration::from_secs(2),
     );
-    let connected = tokio::time::timeout(
-        Duration::from_secs(5),
-        conn.status.wait_for(|s| s.connected),
-    )
-    .await;
-    if !matches!(connected, Ok(Ok(_))) {
+    // A statement of its own: the `Ref` that `wait_for` returns borrows `conn`.
+    let connected = matches!(
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            conn.status.wait_for(|s| s.connected)
+        )
+        .await,
+        Ok(Ok(_))
+    );
+    if !connected {
         conn.shutdown(None, Duration::from_millis(500)).await;
         sub.stop().await;
         return Err(anyhow!("our Connection did not connect within 5 s"));

@@ -182,14 +182,17 @@ impl Bridge {
     fn on_ha_birth(&mut self) {
         self.ha_birth_at = None;
         tracing::info!("Home Assistant is online: republishing availability and states");
-        self.outbox.requeue(|c| {
-            matches!(c, Class::BridgeState | Class::Availability | Class::State)
-        });
+        self.outbox
+            .requeue(|c| matches!(c, Class::BridgeState | Class::Availability | Class::State));
     }
 
     async fn finish_cleanup(&mut self) {
         let Some(gc) = self.gc.take() else { return };
-        if let Err(e) = self.client.unsubscribe(self.topics.discovery_filter()).await {
+        if let Err(e) = self
+            .client
+            .unsubscribe(self.topics.discovery_filter())
+            .await
+        {
             tracing::debug!(error = %e, "unsubscribe from discovery topics failed");
         }
         for topic in discovery::stale_topics(&gc.found, &self.discovery) {
@@ -202,11 +205,8 @@ impl Bridge {
     fn on_incoming(&mut self, msg: Incoming) {
         let kind = self.topics.classify(&msg.topic);
         match kind {
-            IncomingTopic::HaStatus => {
-                if msg.payload.trim_ascii() == b"online" {
-                    self.ha_birth_at =
-                        Some(Instant::now() + self.config.homeassistant.birth_delay);
-                }
+            IncomingTopic::HaStatus if msg.payload.trim_ascii() == b"online" => {
+                self.ha_birth_at = Some(Instant::now() + self.config.homeassistant.birth_delay);
             }
             IncomingTopic::DiscoveryConfig => {
                 if let Some(gc) = &mut self.gc {
@@ -222,7 +222,10 @@ impl Bridge {
                 // An empty payload is how a retained command is cleared (by
                 // us or by the user); it must never switch anything. Reads
                 // and requests may be empty (`mosquitto_pub -n`).
-                let is_set = matches!(kind, IncomingTopic::Set(_) | IncomingTopic::SetAttribute(..));
+                let is_set = matches!(
+                    kind,
+                    IncomingTopic::Set(_) | IncomingTopic::SetAttribute(..)
+                );
                 if msg.payload.is_empty() && (is_set || msg.retain) {
                     return;
                 }
@@ -326,7 +329,10 @@ impl Bridge {
             return self.command_error(
                 device,
                 topic,
-                format!("'{device}' is a {} and accepts no set commands", kind.as_str()),
+                format!(
+                    "'{device}' is a {} and accepts no set commands",
+                    kind.as_str()
+                ),
             );
         }
         if command == DeviceCommand::Refresh {
@@ -374,7 +380,11 @@ impl Bridge {
                         self.topics.availability(&device),
                         payloads::availability(online),
                     ));
-                    let kind = if online { "device_connected" } else { "device_lost" };
+                    let kind = if online {
+                        "device_connected"
+                    } else {
+                        "device_lost"
+                    };
                     self.outbox.push(Message::transient(
                         self.topics.bridge_event(),
                         payloads::event(kind, Some(&device), Map::new()),
@@ -390,7 +400,9 @@ impl Bridge {
     }
 
     fn republish_device(&mut self, device: &str) {
-        let Some(entry) = self.registry.get(device) else { return };
+        let Some(entry) = self.registry.get(device) else {
+            return;
+        };
         if let Some(seen) = entry.last_seen {
             self.outbox.push(Message::retained(
                 Class::State,
@@ -411,9 +423,7 @@ impl Bridge {
         let devices: Vec<Value> = self
             .registry
             .iter()
-            .map(|(id, d)| {
-                json!({"id": id, "kind": d.kind, "name": d.name, "online": d.online})
-            })
+            .map(|(id, d)| json!({"id": id, "kind": d.kind, "name": d.name, "online": d.online}))
             .collect();
         json!({
             "version": env!("CARGO_PKG_VERSION"),

@@ -139,7 +139,9 @@ async fn probe_connect(addr: SocketAddr, cfg: &BrokerConfig) -> std::io::Result<
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no CONNACK"))??;
     if ack[0] != 0x20 || ack[3] != 0 {
-        return Err(std::io::Error::other(format!("CONNACK refused: {ack:02x?}")));
+        return Err(std::io::Error::other(format!(
+            "CONNACK refused: {ack:02x?}"
+        )));
     }
     stream.write_all(&[0xE0, 0x00]).await?;
     // Let the broker close the connection, so its router is done with it.
@@ -159,7 +161,10 @@ mod tests {
             listen: "0.0.0.0:1883".parse().unwrap(),
             ..BrokerConfig::default()
         };
-        assert!(matches!(rumqttd_config(&cfg), Err(BrokerError::Unprotected(_))));
+        assert!(matches!(
+            rumqttd_config(&cfg),
+            Err(BrokerError::Unprotected(_))
+        ));
         cfg.username = Some("u".into());
         cfg.password = Some(Secret::new("p"));
         let c = rumqttd_config(&cfg).unwrap();

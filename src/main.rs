@@ -12,7 +12,11 @@ use tokio_util::sync::CancellationToken;
 const DEMO_TOML: &str = include_str!("../config/demo.toml");
 
 #[derive(Parser, Debug)]
-#[command(name = "energy2mqtt", version, about = "JK-BMS, Deye and Tapo to MQTT and Home Assistant")]
+#[command(
+    name = "energy2mqtt",
+    version,
+    about = "JK-BMS, Deye and Tapo to MQTT and Home Assistant"
+)]
 struct Cli {
     /// Configuration file (default: config/energy2mqtt.toml when it exists).
     #[arg(long, short, global = true, value_name = "PATH")]
@@ -107,7 +111,10 @@ fn print_discovery(config: &Config) -> ExitCode {
 
 fn init_tracing(cli: &Cli, config: &Config) -> Result<(), String> {
     use tracing_subscriber::EnvFilter;
-    let level = cli.log_level.clone().unwrap_or_else(|| config.log.level.clone());
+    let level = cli
+        .log_level
+        .clone()
+        .unwrap_or_else(|| config.log.level.clone());
     // rumqttd logs every connection at info and every ordinary disconnect
     // as an error; keep it silent unless the filter names it.
     let directives = if level.contains("rumqttd") {
@@ -115,13 +122,16 @@ fn init_tracing(cli: &Cli, config: &Config) -> Result<(), String> {
     } else {
         format!("{level},rumqttd=off")
     };
-    let filter = EnvFilter::try_new(&directives).map_err(|e| format!("--log-level '{level}': {e}"))?;
+    let filter =
+        EnvFilter::try_new(&directives).map_err(|e| format!("--log-level '{level}': {e}"))?;
     let format = match cli.log_format {
         Some(FormatArg::Json) => LogFormat::Json,
         Some(FormatArg::Text) => LogFormat::Text,
         None => config.log.format,
     };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),

@@ -69,8 +69,14 @@ async fn publishes_retained_discovery_state_and_info() {
         assert_eq!(i["devices"][0]["kind"], "plug");
         assert_eq!(i["config"]["tapo"]["password"], "<redacted>");
         let raw = String::from_utf8_lossy(&info.payload);
-        assert!(!raw.contains("tapo-s3cret-pw"), "secret leaked into bridge/info");
-        assert!(!bridge.log_text().contains("tapo-s3cret-pw"), "secret leaked into the log");
+        assert!(
+            !raw.contains("tapo-s3cret-pw"),
+            "secret leaked into bridge/info"
+        );
+        assert!(
+            !bridge.log_text().contains("tapo-s3cret-pw"),
+            "secret leaked into the log"
+        );
     }
 }
 
@@ -102,7 +108,10 @@ async fn sigterm_publishes_offline_and_exits_cleanly() {
         let mut watcher = Client::connect(broker.port, &["energy2mqtt/bridge/state"]).await;
         watcher.expect(WAIT, online).await.expect("online");
         assert_eq!(bridge.terminate(), Some(0), "{kind:?}: clean exit");
-        watcher.expect(WAIT, offline).await.expect("offline published on shutdown");
+        watcher
+            .expect(WAIT, offline)
+            .await
+            .expect("offline published on shutdown");
         assert!(bridge.log_text().contains("shutting down"));
     }
 }
@@ -138,9 +147,18 @@ async fn reconnects_and_republishes_after_a_broker_restart() {
             .get("homeassistant/sensor/energy2mqtt_bridge/uptime/config")
             .unwrap_or_else(|| panic!("{kind:?}: discovery not republished within 5 s"));
         assert!(discovery.payload.len() > 100);
-        assert!(seen.contains_key("energy2mqtt/bridge/state"), "{kind:?}: online again");
-        let state = seen.get("energy2mqtt/bridge").expect("bridge state republished");
-        assert!(back.elapsed() < Duration::from_secs(5), "{kind:?}: took {:?}", back.elapsed());
+        assert!(
+            seen.contains_key("energy2mqtt/bridge/state"),
+            "{kind:?}: online again"
+        );
+        let state = seen
+            .get("energy2mqtt/bridge")
+            .expect("bridge state republished");
+        assert!(
+            back.elapsed() < Duration::from_secs(5),
+            "{kind:?}: took {:?}",
+            back.elapsed()
+        );
         assert_eq!(state.json()["mqtt_reconnects"], 1);
         assert!(bridge.is_running());
         assert!(bridge.log_text().contains("MQTT connection lost"));
@@ -163,9 +181,15 @@ async fn home_assistant_birth_republishes_states() {
             got.iter().any(|m| online(m) && !m.retain),
             "{kind:?}: bridge/state not republished: {got:?}"
         );
-        assert!(got.iter().any(|m| m.topic == "energy2mqtt/bridge" && !m.retain));
+        assert!(
+            got.iter()
+                .any(|m| m.topic == "energy2mqtt/bridge" && !m.retain)
+        );
         // Discovery is retained and is not resent on every HA start.
-        assert!(!got.iter().any(|m| m.topic.starts_with("homeassistant/sensor")));
+        assert!(
+            !got.iter()
+                .any(|m| m.topic.starts_with("homeassistant/sensor"))
+        );
     }
 }
 
@@ -174,7 +198,8 @@ async fn a_retained_command_is_ignored_and_cleared() {
     for kind in brokers() {
         let broker = Broker::start(kind);
         let user = Client::connect(broker.port, &[]).await;
-        user.publish("energy2mqtt/boiler/set", r#"{"state":"ON"}"#, true).await;
+        user.publish("energy2mqtt/boiler/set", r#"{"state":"ON"}"#, true)
+            .await;
         tokio::time::sleep(Duration::from_millis(200)).await;
 
         let bridge = Bridge::start(&broker.url(), PLUG_CONFIG, &[]);
@@ -202,19 +227,47 @@ async fn bad_commands_get_errors_and_the_bridge_keeps_running() {
         let mut bridge = Bridge::start(&broker.url(), PLUG_CONFIG, &[]);
         let mut c = Client::connect(
             broker.port,
-            &["energy2mqtt/bridge/event", "energy2mqtt/bridge/response/#", "energy2mqtt/bridge/state"],
+            &[
+                "energy2mqtt/bridge/event",
+                "energy2mqtt/bridge/response/#",
+                "energy2mqtt/bridge/state",
+            ],
         )
         .await;
         c.expect(WAIT, online).await.expect("online");
 
         let cases: Vec<(&str, Vec<u8>, &str)> = vec![
             ("energy2mqtt/boiler/set", b"banana".to_vec(), "neither JSON"),
-            ("energy2mqtt/boiler/set", b"{\"state\":".to_vec(), "neither JSON"),
-            ("energy2mqtt/ghost/set", br#"{"state":"ON"}"#.to_vec(), "unknown device 'ghost'"),
-            ("energy2mqtt/boiler/set", br#"{"colour":"red"}"#.to_vec(), "unknown field 'colour'"),
-            ("energy2mqtt/boiler/set", br#"{"state":"MAYBE"}"#.to_vec(), "invalid value"),
-            ("energy2mqtt/boiler/set", vec![b'x'; 1024 * 1024], "too large"),
-            ("energy2mqtt/ghost/get", b"{}".to_vec(), "unknown device 'ghost'"),
+            (
+                "energy2mqtt/boiler/set",
+                b"{\"state\":".to_vec(),
+                "neither JSON",
+            ),
+            (
+                "energy2mqtt/ghost/set",
+                br#"{"state":"ON"}"#.to_vec(),
+                "unknown device 'ghost'",
+            ),
+            (
+                "energy2mqtt/boiler/set",
+                br#"{"colour":"red"}"#.to_vec(),
+                "unknown field 'colour'",
+            ),
+            (
+                "energy2mqtt/boiler/set",
+                br#"{"state":"MAYBE"}"#.to_vec(),
+                "invalid value",
+            ),
+            (
+                "energy2mqtt/boiler/set",
+                vec![b'x'; 1024 * 1024],
+                "too large",
+            ),
+            (
+                "energy2mqtt/ghost/get",
+                b"{}".to_vec(),
+                "unknown device 'ghost'",
+            ),
         ];
         for (topic, payload, want) in cases {
             c.publish(topic, payload, false).await;
@@ -231,18 +284,31 @@ async fn bad_commands_get_errors_and_the_bridge_keeps_running() {
             );
         }
 
-        c.publish("energy2mqtt/bridge/request/reboot_the_moon", r#"{"transaction":"t1"}"#, false)
-            .await;
+        c.publish(
+            "energy2mqtt/bridge/request/reboot_the_moon",
+            r#"{"transaction":"t1"}"#,
+            false,
+        )
+        .await;
         let r = c
-            .expect(WAIT, topic_is("energy2mqtt/bridge/response/reboot_the_moon"))
+            .expect(
+                WAIT,
+                topic_is("energy2mqtt/bridge/response/reboot_the_moon"),
+            )
             .await
             .expect("error response");
         let v = r.json();
         assert_eq!(v["status"], "error");
         assert_eq!(v["transaction"], "t1");
-        assert!(v["error"].as_str().unwrap_or_default().contains("unknown request"));
+        assert!(
+            v["error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("unknown request")
+        );
 
-        c.publish("energy2mqtt/bridge/request/health_check", "not json", false).await;
+        c.publish("energy2mqtt/bridge/request/health_check", "not json", false)
+            .await;
         let r = c
             .expect(WAIT, topic_is("energy2mqtt/bridge/response/health_check"))
             .await
@@ -250,8 +316,12 @@ async fn bad_commands_get_errors_and_the_bridge_keeps_running() {
         assert_eq!(r.json()["status"], "error");
 
         // Still alive and answering.
-        c.publish("energy2mqtt/bridge/request/health_check", r#"{"transaction":42}"#, false)
-            .await;
+        c.publish(
+            "energy2mqtt/bridge/request/health_check",
+            r#"{"transaction":42}"#,
+            false,
+        )
+        .await;
         let r = c
             .expect(WAIT, topic_is("energy2mqtt/bridge/response/health_check"))
             .await
@@ -260,7 +330,8 @@ async fn bad_commands_get_errors_and_the_bridge_keeps_running() {
             r.json(),
             json!({"data":{"healthy":true},"status":"ok","transaction":42})
         );
-        c.publish("energy2mqtt/bridge/request/info", "", false).await;
+        c.publish("energy2mqtt/bridge/request/info", "", false)
+            .await;
         let r = c
             .expect(WAIT, topic_is("energy2mqtt/bridge/response/info"))
             .await
@@ -268,7 +339,10 @@ async fn bad_commands_get_errors_and_the_bridge_keeps_running() {
         assert_eq!(r.json()["data"]["version"], env!("CARGO_PKG_VERSION"));
         assert!(bridge.is_running());
         let log = bridge.log_text();
-        assert!(log.contains("command rejected"), "log line for rejected commands");
+        assert!(
+            log.contains("command rejected"),
+            "log line for rejected commands"
+        );
         assert!(log.contains("unknown device"));
     }
 }
@@ -294,12 +368,24 @@ async fn stale_discovery_is_cleared_and_foreign_configs_are_kept() {
         });
         let foreign = json!({"unique_id": "z", "origin": {"name": "Zigbee2MQTT"},
                              "device": {"identifiers": ["z"], "name": "z"}});
-        user.publish("homeassistant/sensor/oldplug/power/config", ours_gone.to_string(), true)
-            .await;
-        user.publish("homeassistant/sensor/upstairs/p/config", other_bridge.to_string(), true)
-            .await;
-        user.publish("homeassistant/sensor/zigbee/temp/config", foreign.to_string(), true)
-            .await;
+        user.publish(
+            "homeassistant/sensor/oldplug/power/config",
+            ours_gone.to_string(),
+            true,
+        )
+        .await;
+        user.publish(
+            "homeassistant/sensor/upstairs/p/config",
+            other_bridge.to_string(),
+            true,
+        )
+        .await;
+        user.publish(
+            "homeassistant/sensor/zigbee/temp/config",
+            foreign.to_string(),
+            true,
+        )
+        .await;
         tokio::time::sleep(Duration::from_millis(200)).await;
 
         let bridge = Bridge::start(&broker.url(), "", &[]);
@@ -314,9 +400,18 @@ async fn stale_discovery_is_cleared_and_foreign_configs_are_kept() {
             .filter(|m| !m.payload.is_empty())
             .map(|m| m.topic.as_str())
             .collect();
-        assert!(!topics.contains(&"homeassistant/sensor/oldplug/power/config"), "{kind:?}: ghost kept: {topics:?}");
-        assert!(topics.contains(&"homeassistant/sensor/zigbee/temp/config"), "{kind:?}: foreign config removed");
-        assert!(topics.contains(&"homeassistant/sensor/upstairs/p/config"), "{kind:?}: other bridge's config removed");
+        assert!(
+            !topics.contains(&"homeassistant/sensor/oldplug/power/config"),
+            "{kind:?}: ghost kept: {topics:?}"
+        );
+        assert!(
+            topics.contains(&"homeassistant/sensor/zigbee/temp/config"),
+            "{kind:?}: foreign config removed"
+        );
+        assert!(
+            topics.contains(&"homeassistant/sensor/upstairs/p/config"),
+            "{kind:?}: other bridge's config removed"
+        );
         assert!(topics.contains(&"homeassistant/sensor/energy2mqtt_bridge/version/config"));
         assert!(bridge.log_text().contains("removing discovery config"));
     }

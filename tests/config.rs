@@ -120,7 +120,10 @@ fn unknown_key_in_a_section() {
     let e = expect_error(&errors, "mqtt.bogus", "unknown key `bogus`");
     assert!(e.reason.contains("base_topic"), "lists the valid keys: {e}");
     let origin = e.origin.as_deref().unwrap_or_default();
-    assert!(origin.contains("energy2mqtt.toml"), "names the file: {origin}");
+    assert!(
+        origin.contains("energy2mqtt.toml"),
+        "names the file: {origin}"
+    );
 }
 
 #[test]
@@ -155,7 +158,11 @@ prio = 1
 #[test]
 fn missing_required_key_names_the_element() {
     let toml = format!("{TAPO}\n[[plug]]\nhost = \"127.0.0.1\"\n");
-    expect_error(&load_err(&toml, &[]), "plug[0].id", "required key is missing");
+    expect_error(
+        &load_err(&toml, &[]),
+        "plug[0].id",
+        "required key is missing",
+    );
 }
 
 #[test]
@@ -184,7 +191,10 @@ host = \"127.0.0.1\"
     let errors = load_err(&toml, &[]);
     let e = expect_error(&errors, "plug[0].id", "duplicate device id 'boiler'");
     assert!(e.reason.contains("bms[0]"), "names the first user: {e}");
-    assert!(!errors.mentions("bms[0].id"), "the first one is fine: {errors}");
+    assert!(
+        !errors.mentions("bms[0].id"),
+        "the first one is fine: {errors}"
+    );
 }
 
 #[test]
@@ -224,7 +234,11 @@ inverter = \"garage\"
 fn solarman_inverter_needs_a_serial() {
     let toml = "[[inverter]]\nid = \"deye\"\nhost = \"127.0.0.1\"\n";
     let errors = load_err(toml, &[]);
-    expect_error(&errors, "inverter[0].serial", "required for the solarman transport");
+    expect_error(
+        &errors,
+        "inverter[0].serial",
+        "required for the solarman transport",
+    );
     assert_eq!(errors.0.len(), 1, "{errors}");
 
     let ok = load_ok(&format!("{toml}serial = 2712345678\n"), &[]);
@@ -289,7 +303,10 @@ fn bad_duration_from_the_environment() {
     let e = expect_error(&errors, "mqtt.keepalive", "invalid duration '5x'");
     let origin = e.origin.as_deref().unwrap_or_default();
     assert!(origin.contains("E2M_MQTT__KEEPALIVE"), "origin: {origin}");
-    assert!(errors.to_string().contains("E2M_MQTT__KEEPALIVE"), "{errors}");
+    assert!(
+        errors.to_string().contains("E2M_MQTT__KEEPALIVE"),
+        "{errors}"
+    );
 }
 
 #[test]
@@ -312,7 +329,10 @@ fn network_broker_needs_credentials() {
 
     let with_credentials = format!("{toml}username = \"u\"\npassword = \"p\"\n");
     load_ok(&with_credentials, &[]);
-    load_ok("[broker]\nenabled = true\nlisten = \"127.0.0.1:1884\"\n", &[]);
+    load_ok(
+        "[broker]\nenabled = true\nlisten = \"127.0.0.1:1884\"\n",
+        &[],
+    );
 }
 
 // ------------------------------------------------------------- precedence
@@ -327,8 +347,15 @@ fn defaults_then_file_then_env() {
 
     let c = load_ok(file, &[("E2M_MQTT__BASE_TOPIC", "from-env")]);
     assert_eq!(c.mqtt.base_topic, "from-env");
-    assert_eq!(c.mqtt.client_id, "file-client", "the rest of the file stays");
-    assert_eq!(c.mqtt.keepalive, Duration::from_secs(30), "defaults fill in");
+    assert_eq!(
+        c.mqtt.client_id, "file-client",
+        "the rest of the file stays"
+    );
+    assert_eq!(
+        c.mqtt.keepalive,
+        Duration::from_secs(30),
+        "defaults fill in"
+    );
 }
 
 #[test]
@@ -393,13 +420,25 @@ serial = 2
     assert_eq!(c.inverter[0].serial, Some(2_712_345_678));
     assert_eq!(c.inverter[1].host.as_deref(), Some("127.0.0.4"));
     assert_eq!(c.inverter[1].serial, Some(2));
-    assert_eq!(c.tapo.email.as_ref().map(Secret::expose), Some("legacy@example.com"));
-    assert_eq!(c.tapo.password.as_ref().map(Secret::expose), Some("legacy-pw"));
+    assert_eq!(
+        c.tapo.email.as_ref().map(Secret::expose),
+        Some("legacy@example.com")
+    );
+    assert_eq!(
+        c.tapo.password.as_ref().map(Secret::expose),
+        Some("legacy-pw")
+    );
 
     // Without the original variables the E2M_ ones win over the file.
     let c = load_ok(toml, &[("E2M_TAPO__EMAIL", "env@example.com")]);
-    assert_eq!(c.tapo.email.as_ref().map(Secret::expose), Some("env@example.com"));
-    assert_eq!(c.tapo.password.as_ref().map(Secret::expose), Some("file-pw"));
+    assert_eq!(
+        c.tapo.email.as_ref().map(Secret::expose),
+        Some("env@example.com")
+    );
+    assert_eq!(
+        c.tapo.password.as_ref().map(Secret::expose),
+        Some("file-pw")
+    );
 }
 
 #[test]
@@ -421,7 +460,10 @@ fn legacy_variables_alone_create_the_inverter() {
     assert_eq!(inv.serial, Some(1_234_567_890));
     assert_eq!(inv.port, None, "the transport's default port");
     assert_eq!(inv.poll_interval, Duration::from_secs(5));
-    assert_eq!(c.tapo.password.as_ref().map(Secret::expose), Some("legacy-pw"));
+    assert_eq!(
+        c.tapo.password.as_ref().map(Secret::expose),
+        Some("legacy-pw")
+    );
 
     // INVERTER_IP alone: the created inverter still needs its serial.
     let errors = load_err("", &[("INVERTER_IP", "127.0.0.2")]);
@@ -454,28 +496,67 @@ fn secrets_from_files_lose_the_trailing_newline() {
             ("TAPO_PASSWORD_FILE", tapo_pw.path_str()),
         ],
     );
-    assert_eq!(c.mqtt.password.as_ref().map(Secret::expose), Some("mqtt-s3cret"));
-    assert_eq!(c.tapo.password.as_ref().map(Secret::expose), Some("tapo-s3cret"));
+    assert_eq!(
+        c.mqtt.password.as_ref().map(Secret::expose),
+        Some("mqtt-s3cret")
+    );
+    assert_eq!(
+        c.tapo.password.as_ref().map(Secret::expose),
+        Some("tapo-s3cret")
+    );
 }
 
 #[test]
-fn secret_file_beats_the_plain_variable_of_the_same_key() {
+fn plain_and_file_variable_together_are_an_error() {
     let pw = TempFile::new("pw", "from-file\n");
-    let c = load_ok(
-        "[mqtt]\nusername = \"u\"\npassword = \"from-toml\"\n",
+    let errors = load_err(
+        "[mqtt]\nusername = \"u\"\n",
         &[
             ("E2M_MQTT__PASSWORD", "from-env"),
             ("E2M_MQTT__PASSWORD_FILE", pw.path_str()),
         ],
     );
-    assert_eq!(c.mqtt.password.as_ref().map(Secret::expose), Some("from-file"));
-
-    // TAPO_PASSWORD itself wins over TAPO_PASSWORD_FILE.
-    let c = load_ok(
-        "",
-        &[("TAPO_PASSWORD", "plain"), ("TAPO_PASSWORD_FILE", pw.path_str())],
+    expect_error(
+        &errors,
+        "E2M_MQTT__PASSWORD_FILE",
+        "set only one of E2M_MQTT__PASSWORD and E2M_MQTT__PASSWORD_FILE",
     );
-    assert_eq!(c.tapo.password.as_ref().map(Secret::expose), Some("plain"));
+
+    let errors = load_err(
+        "",
+        &[
+            ("TAPO_PASSWORD", "plain"),
+            ("TAPO_PASSWORD_FILE", pw.path_str()),
+        ],
+    );
+    expect_error(
+        &errors,
+        "TAPO_PASSWORD_FILE",
+        "set only one of TAPO_PASSWORD and TAPO_PASSWORD_FILE",
+    );
+}
+
+#[test]
+fn empty_plain_variable_leaves_the_file_variable_in_charge() {
+    // `TAPO_PASSWORD=` left over in a compose file next to a Docker secret.
+    let pw = TempFile::new("pw", "from-file\n");
+    let c = load_ok(
+        "[mqtt]\nusername = \"u\"\npassword = \"from-toml\"\n",
+        &[
+            ("E2M_MQTT__PASSWORD", ""),
+            ("E2M_MQTT__PASSWORD_FILE", pw.path_str()),
+            ("TAPO_PASSWORD", ""),
+            ("TAPO_PASSWORD_FILE", pw.path_str()),
+        ],
+    );
+    assert_eq!(
+        c.mqtt.password.as_ref().map(Secret::expose),
+        Some("from-file")
+    );
+    assert_eq!(
+        c.tapo.password.as_ref().map(Secret::expose),
+        Some("from-file")
+    );
 }
 
 #[test]
@@ -485,7 +566,11 @@ fn missing_secret_file_names_the_variable() {
     let missing = missing.to_str().expect("utf-8");
 
     let errors = load_err("", &[("E2M_MQTT__PASSWORD_FILE", missing)]);
-    let e = expect_error(&errors, "E2M_MQTT__PASSWORD_FILE", "cannot read secret file");
+    let e = expect_error(
+        &errors,
+        "E2M_MQTT__PASSWORD_FILE",
+        "cannot read secret file",
+    );
     assert!(e.reason.contains(missing), "names the path: {e}");
 
     let errors = load_err("", &[("TAPO_PASSWORD_FILE", missing)]);
@@ -497,7 +582,10 @@ fn missing_secret_file_names_the_variable() {
 fn numeric_password_from_env() {
     let c = load_ok(
         "",
-        &[("E2M_MQTT__USERNAME", "1234"), ("E2M_MQTT__PASSWORD", "1234")],
+        &[
+            ("E2M_MQTT__USERNAME", "1234"),
+            ("E2M_MQTT__PASSWORD", "1234"),
+        ],
     );
     assert_eq!(c.mqtt.username.as_deref(), Some("1234"));
     assert_eq!(c.mqtt.password.as_ref().map(Secret::expose), Some("1234"));
@@ -545,7 +633,11 @@ fn example_file_loads_and_validates() {
     assert_eq!(c.inverter[0].transport, InverterTransport::Solarman);
     assert!(c.inverter[0].serial.is_some());
     assert_eq!(c.plug.len(), 2);
-    assert!(c.plug.iter().all(|p| p.inverter.as_deref() == Some("inverter")));
+    assert!(
+        c.plug
+            .iter()
+            .all(|p| p.inverter.as_deref() == Some("inverter"))
+    );
     assert!(c.tapo.email.is_some() && c.tapo.password.is_some());
 
     // The global sections show the defaults.
@@ -736,7 +828,10 @@ fn example_file_documents_every_key() {
     let missing: Vec<_> = expected.difference(&documented).collect();
     assert!(missing.is_empty(), "keys not in the example: {missing:?}");
     let unknown: Vec<_> = documented.difference(&expected).collect();
-    assert!(unknown.is_empty(), "example keys that do not exist: {unknown:?}");
+    assert!(
+        unknown.is_empty(),
+        "example keys that do not exist: {unknown:?}"
+    );
 }
 
 #[test]
@@ -748,11 +843,8 @@ fn every_key_ending_in_file_can_be_set_from_env() {
             continue;
         }
         let var = format!("E2M_{}__{}", section.to_uppercase(), key.to_uppercase());
-        let c = load(
-            "",
-            &[(var.as_str(), target.path_str())],
-        )
-        .unwrap_or_else(|e| panic!("{var}: {e}"));
+        let c =
+            load("", &[(var.as_str(), target.path_str())]).unwrap_or_else(|e| panic!("{var}: {e}"));
         let json = c.redacted_json();
         assert_eq!(
             json[&section][&key].as_str(),
@@ -799,7 +891,11 @@ bogus = 1
         &[("E2M_MQTT__PASSWORD", "env-mqtt-s3cret")],
     );
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
-    assert_eq!(out.status.code(), Some(2), "stdout: {stdout}\nstderr: {stderr}");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "stdout: {stdout}\nstderr: {stderr}"
+    );
     assert!(stderr.contains("`plug[0].bogus`"), "stderr: {stderr}");
     assert!(stderr.contains("unknown key `bogus`"), "stderr: {stderr}");
     assert!(stdout.is_empty(), "nothing on stdout: {stdout}");
@@ -838,7 +934,11 @@ const SECRETS: &[&str] = &[
 #[track_caller]
 fn assert_redacted(out: &Output) -> toml::Table {
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
-    assert_eq!(out.status.code(), Some(0), "stdout: {stdout}\nstderr: {stderr}");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout: {stdout}\nstderr: {stderr}"
+    );
     for secret in SECRETS {
         assert!(!stdout.contains(secret), "{secret} in stdout:\n{stdout}");
         assert!(!stderr.contains(secret), "{secret} in stderr:\n{stderr}");

@@ -43,11 +43,18 @@ fn the_discovery_command_prints_the_same() {
         .env_clear()
         .output()
         .expect("run discovery");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let printed: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON output");
     let golden: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/ha-discovery/demo.json"))
-            .expect("golden"),
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/ha-discovery/demo.json"
+        ))
+        .expect("golden"),
     )
     .expect("golden JSON");
     assert_eq!(printed, golden);
@@ -57,5 +64,7 @@ fn the_discovery_command_prints_the_same() {
         .iter()
         .filter_map(|m| m["topic"].as_str())
         .collect();
-    assert!(topics.contains(&"homeassistant/binary_sensor/energy2mqtt_bridge/connection_state/config"));
+    assert!(
+        topics.contains(&"homeassistant/binary_sensor/energy2mqtt_bridge/connection_state/config")
+    );
 }

@@ -18,7 +18,9 @@ async fn start(username: Option<&str>, password: Option<&str>) -> u16 {
         password: password.map(Secret::new),
         ..BrokerConfig::default()
     };
-    energy2mqtt::broker::start(&cfg).await.expect("broker starts");
+    energy2mqtt::broker::start(&cfg)
+        .await
+        .expect("broker starts");
     port
 }
 
@@ -52,7 +54,9 @@ async fn keeps_retained_messages_and_delivers_qos1() {
     assert!(acked, "the broker acknowledges QoS 1");
 
     let (sub, mut el2) = AsyncClient::new(options(port, None), 10);
-    sub.subscribe("e2m/test/#", QoS::AtLeastOnce).await.expect("subscribe");
+    sub.subscribe("e2m/test/#", QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
     let got = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
             if let Ok(Event::Incoming(Packet::Publish(p))) = el2.poll().await {
@@ -71,7 +75,11 @@ async fn keeps_retained_messages_and_delivers_qos1() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_credentials_it_refuses_strangers() {
     let port = start(Some("bridge"), Some("pa55")).await;
-    for (creds, ok) in [(None, false), (Some(("bridge", "wrong")), false), (Some(("bridge", "pa55")), true)] {
+    for (creds, ok) in [
+        (None, false),
+        (Some(("bridge", "wrong")), false),
+        (Some(("bridge", "pa55")), true),
+    ] {
         let (_c, mut el) = AsyncClient::new(options(port, creds), 10);
         let outcome = tokio::time::timeout(Duration::from_secs(5), el.poll())
             .await
@@ -81,7 +89,9 @@ async fn with_credentials_it_refuses_strangers() {
                 assert!(ok, "{creds:?} accepted");
                 assert_eq!(a.code, ConnectReturnCode::Success);
             }
-            Err(ConnectionError::ConnectionRefused(_)) | Err(_) => assert!(!ok, "{creds:?} refused"),
+            Err(ConnectionError::ConnectionRefused(_)) | Err(_) => {
+                assert!(!ok, "{creds:?} refused")
+            }
             Ok(other) => panic!("unexpected {other:?}"),
         }
     }

@@ -15,18 +15,24 @@ pub fn parse(input: &str) -> Result<Duration, String> {
         return Ok(Duration::from_secs(secs));
     }
     let bad = || {
-        format!("invalid duration '{input}': expected a number followed by ms, s, m, h or d (e.g. 5s, 500ms, 1h30m)")
+        format!(
+            "invalid duration '{input}': expected a number followed by ms, s, m, h or d (e.g. 5s, 500ms, 1h30m)"
+        )
     };
     let mut total = Duration::ZERO;
     let mut rest = s;
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
         if digits == 0 {
             return Err(bad());
         }
         let value: u64 = rest[..digits].parse().map_err(|_| bad())?;
         rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let unit = &rest[..unit_len];
         rest = &rest[unit_len..];
         let part = match unit {

@@ -269,7 +269,9 @@ fn apply_legacy(config: &mut Config, env: &[(String, String)]) -> Result<(), Con
     if let Some(ip) = ip {
         match config.inverter.first_mut() {
             Some(first) => first.host = Some(ip.trim().to_owned()),
-            None => config.inverter.push(InverterConfig::legacy(ip.trim().to_owned())),
+            None => config
+                .inverter
+                .push(InverterConfig::legacy(ip.trim().to_owned())),
         }
     }
     if let Some(sn) = sn {

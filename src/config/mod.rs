@@ -435,13 +435,28 @@ impl Config {
         let name = |id: &str, n: &Option<String>| n.clone().unwrap_or_else(|| id.to_owned());
         let mut out = Vec::new();
         for (i, b) in self.bms.iter().enumerate() {
-            out.push((b.id.clone(), DeviceKind::Bms, name(&b.id, &b.name), format!("bms[{i}]")));
+            out.push((
+                b.id.clone(),
+                DeviceKind::Bms,
+                name(&b.id, &b.name),
+                format!("bms[{i}]"),
+            ));
         }
         for (i, d) in self.inverter.iter().enumerate() {
-            out.push((d.id.clone(), DeviceKind::Inverter, name(&d.id, &d.name), format!("inverter[{i}]")));
+            out.push((
+                d.id.clone(),
+                DeviceKind::Inverter,
+                name(&d.id, &d.name),
+                format!("inverter[{i}]"),
+            ));
         }
         for (i, p) in self.plug.iter().enumerate() {
-            out.push((p.id.clone(), DeviceKind::Plug, name(&p.id, &p.name), format!("plug[{i}]")));
+            out.push((
+                p.id.clone(),
+                DeviceKind::Plug,
+                name(&p.id, &p.name),
+                format!("plug[{i}]"),
+            ));
         }
         out
     }

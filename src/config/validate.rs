@@ -97,7 +97,10 @@ pub fn validate(config: &Config) -> Result<(), ConfigErrors> {
     if let Err(e) = tracing_subscriber::EnvFilter::try_new(&config.log.level) {
         err(
             "log.level".into(),
-            format!("'{}' is not a log filter ({e}); use error, warn, info, debug or trace", config.log.level),
+            format!(
+                "'{}' is not a log filter ({e}); use error, warn, info, debug or trace",
+                config.log.level
+            ),
         );
     }
 
@@ -109,7 +112,10 @@ pub fn validate(config: &Config) -> Result<(), ConfigErrors> {
             err(key.clone(), reason);
         }
         match seen.get(&id) {
-            Some(first) => err(key, format!("duplicate device id '{id}' (already used by {first})")),
+            Some(first) => err(
+                key,
+                format!("duplicate device id '{id}' (already used by {first})"),
+            ),
             None => {
                 seen.insert(id, path);
             }
@@ -120,11 +126,17 @@ pub fn validate(config: &Config) -> Result<(), ConfigErrors> {
         if !is_mac(&bms.mac) {
             err(
                 format!("bms[{i}].mac"),
-                format!("'{}' is not a Bluetooth address like C8:47:80:12:AB:34", bms.mac),
+                format!(
+                    "'{}' is not a Bluetooth address like C8:47:80:12:AB:34",
+                    bms.mac
+                ),
             );
         }
         if bms.publish_interval < Duration::from_millis(100) {
-            err(format!("bms[{i}].publish_interval"), "must be at least 100ms".into());
+            err(
+                format!("bms[{i}].publish_interval"),
+                "must be at least 100ms".into(),
+            );
         }
     }
 
@@ -133,7 +145,10 @@ pub fn validate(config: &Config) -> Result<(), ConfigErrors> {
         match inv.transport {
             InverterTransport::Solarman | InverterTransport::ModbusTcp => {
                 if inv.host.as_deref().is_none_or(|h| h.trim().is_empty()) {
-                    err(k("host"), "required for this transport (IP address or host name)".into());
+                    err(
+                        k("host"),
+                        "required for this transport (IP address or host name)".into(),
+                    );
                 }
                 if inv.transport == InverterTransport::Solarman && inv.serial.is_none() {
                     err(
@@ -144,7 +159,10 @@ pub fn validate(config: &Config) -> Result<(), ConfigErrors> {
             }
             InverterTransport::ModbusRtu => {
                 if inv.device.is_none() {
-                    err(k("device"), "required for modbus_rtu (e.g. /dev/ttyUSB0)".into());
+                    err(
+                        k("device"),
+                        "required for modbus_rtu (e.g. /dev/ttyUSB0)".into(),
+                    );
                 }
             }
         }
@@ -152,7 +170,10 @@ pub fn validate(config: &Config) -> Result<(), ConfigErrors> {
             err(k("port"), "port 0 is not a valid port".into());
         }
         if inv.poll_interval < Duration::from_secs(1) {
-            err(k("poll_interval"), "must be at least 1s (the stick serves one client at a time)".into());
+            err(
+                k("poll_interval"),
+                "must be at least 1s (the stick serves one client at a time)".into(),
+            );
         }
         if inv.timeout.is_zero() {
             err(k("timeout"), "must be greater than 0".into());
@@ -172,7 +193,10 @@ pub fn validate(config: &Config) -> Result<(), ConfigErrors> {
             err(k("port"), "port 0 is not a valid port".into());
         }
         if plug.email.is_some() != plug.password.is_some() {
-            err(k("password"), "email and password must be set together".into());
+            err(
+                k("password"),
+                "email and password must be set together".into(),
+            );
         }
         if plug.email.is_none() && !tapo_default {
             err(
@@ -199,7 +223,10 @@ pub fn validate(config: &Config) -> Result<(), ConfigErrors> {
 
     let b = &config.balancer;
     if !(b.on_grid_w > 0.0 && b.on_grid_w.is_finite()) {
-        err("balancer.on_grid_w".into(), "must be a positive number of watts".into());
+        err(
+            "balancer.on_grid_w".into(),
+            "must be a positive number of watts".into(),
+        );
     }
     for (key, v) in [
         ("off_grid_percent", b.off_grid_percent),
@@ -208,7 +235,10 @@ pub fn validate(config: &Config) -> Result<(), ConfigErrors> {
         ("restore_below_percent", b.restore_below_percent),
     ] {
         if !(v > 0.0 && v <= 200.0) {
-            err(format!("balancer.{key}"), "must be between 0 and 200".into());
+            err(
+                format!("balancer.{key}"),
+                "must be between 0 and 200".into(),
+            );
         }
     }
     if b.restore_below_percent >= b.shed_at_percent {
@@ -235,7 +265,9 @@ pub fn validate(config: &Config) -> Result<(), ConfigErrors> {
 pub fn check_device_id(id: &str) -> Result<(), String> {
     let ok = !id.is_empty()
         && id.len() <= 64
-        && id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+        && id
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
         && id.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit());
     if !ok {
         return Err(format!(
@@ -256,12 +288,17 @@ fn check_topic_prefix(t: &str) -> Result<(), String> {
         return Err(format!("'{t}' contains an MQTT wildcard (+ or #)"));
     }
     if t.starts_with('/') || t.ends_with('/') || t.contains("//") {
-        return Err(format!("'{t}' must not start or end with '/' or contain empty levels"));
+        return Err(format!(
+            "'{t}' must not start or end with '/' or contain empty levels"
+        ));
     }
     Ok(())
 }
 
 fn is_mac(s: &str) -> bool {
     let parts: Vec<&str> = s.split(':').collect();
-    parts.len() == 6 && parts.iter().all(|p| p.len() == 2 && p.chars().all(|c| c.is_ascii_hexdigit()))
+    parts.len() == 6
+        && parts
+            .iter()
+            .all(|p| p.len() == 2 && p.chars().all(|c| c.is_ascii_hexdigit()))
 }

@@ -66,7 +66,10 @@ impl Registry {
 
     /// Devices whose driver last reported them reachable.
     pub fn online_count(&self) -> usize {
-        self.devices.values().filter(|d| d.online == Some(true)).count()
+        self.devices
+            .values()
+            .filter(|d| d.online == Some(true))
+            .count()
     }
 
     /// Records a reading; returns false for an unknown device.

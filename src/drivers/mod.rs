@@ -11,7 +11,10 @@ use crate::model::DeviceCommand;
 pub enum DriverEvent {
     /// Fresh readings: field name → number, string or bool, in the units of
     /// docs/DEVICES.md.
-    Readings { device: String, values: Map<String, Value> },
+    Readings {
+        device: String,
+        values: Map<String, Value>,
+    },
     /// The device became reachable or unreachable.
     Availability { device: String, online: bool },
     /// A command could not be carried out.

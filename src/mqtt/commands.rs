@@ -201,9 +201,15 @@ mod tests {
 
     #[test]
     fn accepts_json_and_bare_forms() {
-        assert_eq!(parse_set(br#"{"state":"ON"}"#), Ok(set(Some(SwitchState::On), None)));
+        assert_eq!(
+            parse_set(br#"{"state":"ON"}"#),
+            Ok(set(Some(SwitchState::On), None))
+        );
         assert_eq!(parse_set(b"off"), Ok(set(Some(SwitchState::Off), None)));
-        assert_eq!(parse_set(b" TOGGLE\n"), Ok(set(Some(SwitchState::Toggle), None)));
+        assert_eq!(
+            parse_set(b" TOGGLE\n"),
+            Ok(set(Some(SwitchState::Toggle), None))
+        );
         assert_eq!(parse_set(br#""ON""#), Ok(set(Some(SwitchState::On), None)));
         assert_eq!(
             parse_set(br#"{"mode":"auto","state":"off"}"#),
@@ -221,12 +227,21 @@ mod tests {
 
     #[test]
     fn rejects_with_a_reason() {
-        assert!(matches!(parse_set(b"banana"), Err(CommandError::NotJson(_))));
-        assert!(matches!(parse_set(b"{not json"), Err(CommandError::NotJson(_))));
+        assert!(matches!(
+            parse_set(b"banana"),
+            Err(CommandError::NotJson(_))
+        ));
+        assert!(matches!(
+            parse_set(b"{not json"),
+            Err(CommandError::NotJson(_))
+        ));
         assert_eq!(parse_set(b"[1,2]"), Err(CommandError::NotObject));
         assert!(matches!(parse_set(b"{}"), Err(CommandError::Empty(_))));
         let e = parse_set(br#"{"state":"ON","colour":"red"}"#).unwrap_err();
-        assert_eq!(e.to_string(), "unknown field 'colour'; accepted: state, mode");
+        assert_eq!(
+            e.to_string(),
+            "unknown field 'colour'; accepted: state, mode"
+        );
         let e = parse_set(br#"{"state":"MAYBE"}"#).unwrap_err();
         assert!(e.to_string().contains("'state'"), "{e}");
         let big = vec![b'a'; 1024 * 1024];
@@ -241,6 +256,9 @@ mod tests {
         assert_eq!(r.body.get("x"), Some(&Value::from(1)));
         assert_eq!(parse_request(b"").unwrap().transaction, None);
         assert!(parse_request(b"nope").is_err());
-        assert_eq!(salvage_transaction(br#"{"transaction":7}"#), Some(Value::from(7)));
+        assert_eq!(
+            salvage_transaction(br#"{"transaction":7}"#),
+            Some(Value::from(7))
+        );
     }
 }

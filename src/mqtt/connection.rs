@@ -174,7 +174,10 @@ async fn poll_loop(
                 if incoming.try_send(msg).is_err() {
                     dropped += 1;
                     if dropped.is_power_of_two() {
-                        tracing::warn!(dropped, "incoming MQTT messages dropped: the bridge is busy");
+                        tracing::warn!(
+                            dropped,
+                            "incoming MQTT messages dropped: the bridge is busy"
+                        );
                     }
                 }
             }
@@ -254,7 +257,10 @@ mod tests {
     fn backoff_doubles_to_the_cap_and_resets() {
         let mut b = Backoff::new(Duration::from_secs(30));
         let seq: Vec<u64> = (0..10).map(|_| b.next_delay().as_millis() as u64).collect();
-        assert_eq!(seq, [250, 500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000]);
+        assert_eq!(
+            seq,
+            [250, 500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000]
+        );
         b.reset();
         assert_eq!(b.next_delay(), Backoff::FIRST);
         b.give_up_hurrying();

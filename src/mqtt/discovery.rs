@@ -316,7 +316,8 @@ impl<'t> DeviceEntities<'t> {
             suggested_display_precision: spec.precision,
             expire_after: None,
         };
-        self.entities.push((object_id.to_owned(), Entity::Sensor(sensor)));
+        self.entities
+            .push((object_id.to_owned(), Entity::Sensor(sensor)));
     }
 
     pub fn binary_sensor(
@@ -337,7 +338,8 @@ impl<'t> DeviceEntities<'t> {
             device_class,
             expire_after: None,
         };
-        self.entities.push((object_id.to_owned(), Entity::BinarySensor(e)));
+        self.entities
+            .push((object_id.to_owned(), Entity::BinarySensor(e)));
     }
 
     /// An on/off switch driven by `<device>/set` with `{"state":"ON"}`.
@@ -355,7 +357,8 @@ impl<'t> DeviceEntities<'t> {
             state_off: "OFF".into(),
             device_class: Some("outlet"),
         };
-        self.entities.push((object_id.to_owned(), Entity::Switch(e)));
+        self.entities
+            .push((object_id.to_owned(), Entity::Switch(e)));
     }
 
     /// A choice written as `{"<field>":"<option>"}` to `<device>/set`.
@@ -370,7 +373,8 @@ impl<'t> DeviceEntities<'t> {
             command_template: format!("{{\"{field}\": \"{{{{ value }}}}\"}}"),
             options: options.iter().map(|s| (*s).to_owned()).collect(),
         };
-        self.entities.push((object_id.to_owned(), Entity::Select(e)));
+        self.entities
+            .push((object_id.to_owned(), Entity::Select(e)));
     }
 
     /// A value written as `{"<field>":<number>}` to `<device>/set`.
@@ -390,7 +394,8 @@ impl<'t> DeviceEntities<'t> {
             unit_of_measurement: range.unit,
             device_class: range.device_class,
         };
-        self.entities.push((object_id.to_owned(), Entity::Number(e)));
+        self.entities
+            .push((object_id.to_owned(), Entity::Number(e)));
     }
 
     /// A button that publishes `payload` to the device's `get` topic.
@@ -403,7 +408,8 @@ impl<'t> DeviceEntities<'t> {
             payload_press: "{}".into(),
             device_class: None,
         };
-        self.entities.push((object_id.to_owned(), Entity::Button(e)));
+        self.entities
+            .push((object_id.to_owned(), Entity::Button(e)));
     }
 
     /// An event entity fed from `state_topic` with `{"event_type": ...}`.
@@ -586,10 +592,7 @@ pub fn is_ours(topics: &Topics, payload: &[u8]) -> bool {
         return false;
     };
     let origin = v.get("origin").or_else(|| v.get("o"));
-    let origin_ok = origin
-        .and_then(|o| o.get("name"))
-        .and_then(Value::as_str)
-        == Some(ORIGIN_NAME);
+    let origin_ok = origin.and_then(|o| o.get("name")).and_then(Value::as_str) == Some(ORIGIN_NAME);
     let device = v.get("device").or_else(|| v.get("dev"));
     let bridge = bridge_identifier(topics);
     let device_ok = device.is_some_and(|d| {
@@ -639,18 +642,28 @@ mod tests {
                 ..Device::default()
             },
         );
-        d.sensor("pv_power", "PV power", SensorSpec::measurement("power", "W"));
+        d.sensor(
+            "pv_power",
+            "PV power",
+            SensorSpec::measurement("power", "W"),
+        );
         d.sensor("pv_energy_total", "PV energy", SensorSpec::energy_total());
         d.switch("switch", None);
         let msgs = d.messages();
-        assert_eq!(msgs[0].topic, "homeassistant/sensor/inverter/pv_power/config");
+        assert_eq!(
+            msgs[0].topic,
+            "homeassistant/sensor/inverter/pv_power/config"
+        );
         let p = &msgs[0].payload;
         assert_eq!(p["unique_id"], "energy2mqtt_inverter_pv_power");
         assert_eq!(p["default_entity_id"], "sensor.inverter_pv_power");
         assert_eq!(p["device"]["via_device"], "energy2mqtt_bridge_energy2mqtt");
         assert_eq!(p["availability_mode"], "all");
         assert_eq!(p["availability"][0]["topic"], "energy2mqtt/bridge/state");
-        assert_eq!(p["availability"][1]["topic"], "energy2mqtt/inverter/availability");
+        assert_eq!(
+            p["availability"][1]["topic"],
+            "energy2mqtt/inverter/availability"
+        );
         assert_eq!(p["state_topic"], "energy2mqtt/inverter");
         assert_eq!(p["value_template"], "{{ value_json.pv_power }}");
         assert_eq!(p["state_class"], "measurement");

@@ -63,7 +63,10 @@ mod tests {
         let ok: Value =
             serde_json::from_str(&response(Ok(json!({"healthy":true})), Some(json!("t1"))))
                 .unwrap();
-        assert_eq!(ok, json!({"data":{"healthy":true},"status":"ok","transaction":"t1"}));
+        assert_eq!(
+            ok,
+            json!({"data":{"healthy":true},"status":"ok","transaction":"t1"})
+        );
         let err: Value = serde_json::from_str(&response(Err("nope".into()), None)).unwrap();
         assert_eq!(err, json!({"data":{},"status":"error","error":"nope"}));
     }

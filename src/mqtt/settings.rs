@@ -115,7 +115,10 @@ pub fn mqtt_options(config: &Config, topics: &Topics) -> Result<MqttOptions, Set
     ));
     // With the embedded broker and no explicit URL, use its credentials.
     let (user, pass) = if config.mqtt.url.is_none() && config.broker.enabled {
-        (config.broker.username.clone(), config.broker.password.clone())
+        (
+            config.broker.username.clone(),
+            config.broker.password.clone(),
+        )
     } else {
         (config.mqtt.username.clone(), config.mqtt.password.clone())
     };
@@ -180,13 +183,21 @@ mod tests {
     fn parses_urls() {
         assert_eq!(
             parse_url("mqtt://broker.lan").unwrap(),
-            Endpoint { tls: false, host: "broker.lan".into(), port: 1883 }
+            Endpoint {
+                tls: false,
+                host: "broker.lan".into(),
+                port: 1883
+            }
         );
         assert_eq!(parse_url("mqtts://10.0.0.2:8884").unwrap().port, 8884);
         assert!(parse_url("mqtts://h").unwrap().tls);
         assert_eq!(parse_url("mqtt://[::1]:1884").unwrap().host, "::1");
         assert!(parse_url("http://h").unwrap_err().contains("scheme"));
-        assert!(parse_url("mqtt://u:p@h").unwrap_err().contains("credentials"));
+        assert!(
+            parse_url("mqtt://u:p@h")
+                .unwrap_err()
+                .contains("credentials")
+        );
         assert!(parse_url("broker:1883").is_err());
         assert!(parse_url("mqtt://h:0").is_err());
         assert!(parse_url("mqtt://h:70000").is_err());

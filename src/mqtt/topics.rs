@@ -118,7 +118,10 @@ impl Topics {
     }
 
     pub fn discovery_config(&self, component: &str, node: &str, object: &str) -> String {
-        format!("{}/{component}/{node}/{object}/config", self.discovery_prefix)
+        format!(
+            "{}/{component}/{node}/{object}/config",
+            self.discovery_prefix
+        )
     }
 
     /// Matches every per-entity discovery config, ours and others'.
@@ -180,7 +183,10 @@ mod tests {
     fn builds_the_contract() {
         let t = t();
         assert_eq!(t.bridge_state(), "energy2mqtt/bridge/state");
-        assert_eq!(t.bridge_response("info"), "energy2mqtt/bridge/response/info");
+        assert_eq!(
+            t.bridge_response("info"),
+            "energy2mqtt/bridge/response/info"
+        );
         assert_eq!(t.availability("boiler"), "energy2mqtt/boiler/availability");
         assert_eq!(t.balancer("inverter"), "energy2mqtt/balancer/inverter");
         assert_eq!(
@@ -193,12 +199,18 @@ mod tests {
     fn classifies_incoming() {
         let t = t();
         assert_eq!(t.classify("homeassistant/status"), IncomingTopic::HaStatus);
-        assert_eq!(t.classify("energy2mqtt/boiler/set"), IncomingTopic::Set("boiler"));
+        assert_eq!(
+            t.classify("energy2mqtt/boiler/set"),
+            IncomingTopic::Set("boiler")
+        );
         assert_eq!(
             t.classify("energy2mqtt/boiler/set/state"),
             IncomingTopic::SetAttribute("boiler", "state")
         );
-        assert_eq!(t.classify("energy2mqtt/boiler/get"), IncomingTopic::Get("boiler"));
+        assert_eq!(
+            t.classify("energy2mqtt/boiler/get"),
+            IncomingTopic::Get("boiler")
+        );
         assert_eq!(
             t.classify("energy2mqtt/bridge/request/health_check"),
             IncomingTopic::Request("health_check")

@@ -283,7 +283,10 @@ impl Client {
             .await
             .expect("test client connects");
         for s in subscriptions {
-            client.subscribe(*s, QoS::AtLeastOnce).await.expect("subscribe");
+            client
+                .subscribe(*s, QoS::AtLeastOnce)
+                .await
+                .expect("subscribe");
             tokio::time::timeout(Duration::from_secs(5), ready_rx.recv())
                 .await
                 .expect("suback");
