@@ -1022,3 +1022,45 @@ fn check_config_output_loads_back_to_the_same_config() {
     let printed = load_ok(&stdout, &[]);
     assert_eq!(printed.redacted_json(), original.redacted_json());
 }
+
+// ------------------------------------------------------------ docs/CONFIG.md
+
+const CONFIG_DOC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/CONFIG.md");
+
+#[test]
+fn config_doc_lists_every_key_and_variable() {
+    let doc = std::fs::read_to_string(CONFIG_DOC).expect("docs/CONFIG.md");
+    for (section, key) in all_keys() {
+        let list = matches!(section.as_str(), "bms" | "inverter" | "plug");
+        let heading = if list {
+            format!("### `[[{section}]]`")
+        } else {
+            format!("### `[{section}]`")
+        };
+        let start = doc
+            .find(&heading)
+            .unwrap_or_else(|| panic!("no heading {heading}"));
+        let body = &doc[start + heading.len()..];
+        let body = &body[..body.find("\n### ").unwrap_or(body.len())];
+        assert!(
+            body.contains(&format!("\n| `{key}` |")),
+            "{heading}: no row for `{key}`"
+        );
+        if !list {
+            let var = format!("`E2M_{}__{}`", section.to_uppercase(), key.to_uppercase());
+            assert!(body.contains(&var), "{heading}: {var} missing");
+        }
+    }
+}
+
+#[test]
+fn config_doc_examples_load() {
+    let doc = std::fs::read_to_string(CONFIG_DOC).expect("docs/CONFIG.md");
+    let mut blocks = 0;
+    for block in doc.split("```toml\n").skip(1) {
+        let toml = &block[..block.find("```").expect("closed block")];
+        load(toml, &[]).unwrap_or_else(|e| panic!("{e}\n{toml}"));
+        blocks += 1;
+    }
+    assert!(blocks > 0, "no TOML example in the doc");
+}
