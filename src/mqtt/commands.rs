@@ -37,16 +37,14 @@ const SET_FIELDS: &[&str] = &["state", "mode"];
 pub fn parse_set(payload: &[u8]) -> Result<DeviceCommand, CommandError> {
     let text = text(payload)?;
     let trimmed = text.trim();
-    if !trimmed.starts_with('{') && !trimmed.starts_with('"') {
-        return switch_state(trimmed)
-            .map(|state| DeviceCommand::Set {
-                state: Some(state),
-                mode: None,
-            })
-            .ok_or_else(|| CommandError::NotJson(preview(trimmed)));
+    if let Some(state) = switch_state(trimmed) {
+        return Ok(DeviceCommand::Set {
+            state: Some(state),
+            mode: None,
+        });
     }
     let value: Value =
-        serde_json::from_str(trimmed).map_err(|e| CommandError::NotJson(e.to_string()))?;
+        serde_json::from_str(trimmed).map_err(|_| CommandError::NotJson(preview(trimmed)))?;
     let map = match value {
         Value::Object(map) => map,
         Value::String(s) => {
