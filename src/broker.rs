@@ -51,8 +51,11 @@ pub fn rumqttd_config(cfg: &BrokerConfig) -> Result<Config, BrokerError> {
         router: RouterConfig {
             max_connections: cfg.max_connections,
             max_outgoing_packet_count: 200,
-            max_segment_size: 16 * 1024 * 1024,
-            max_segment_count: 10,
+            // rumqttd keeps this much history per subscription filter and
+            // never frees it; 16 MiB x 10 grew the process past 200 MiB.
+            // A segment may overflow by one message, so big payloads pass.
+            max_segment_size: 1024 * 1024,
+            max_segment_count: 2,
             ..Default::default()
         },
         v4: Some(HashMap::from([("1".to_string(), listener)])),
