@@ -8,3 +8,4 @@ pub mod core;
 pub mod drivers;
 pub mod model;
 pub mod mqtt;
+pub mod sim;

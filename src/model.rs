@@ -50,3 +50,48 @@ pub enum DeviceCommand {
     /// `<device>/get`: read the device now and republish.
     Refresh,
 }
+
+/// How one field of a device's state object is presented. Drivers describe
+/// their readings with these; the MQTT layer turns them into discovery
+/// entities. The strings are Home Assistant's vocabulary because that is
+/// what users compare with, but nothing here knows about topics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FieldSpec {
+    /// Key in the device's JSON state object, also the entity's object id.
+    pub key: &'static str,
+    /// Human name of the entity.
+    pub name: &'static str,
+    pub unit: Option<&'static str>,
+    pub device_class: Option<&'static str>,
+    pub state_class: Option<&'static str>,
+    /// Decimal places Home Assistant should show.
+    pub precision: Option<u8>,
+    /// Diagnostic entities are hidden from default dashboards.
+    pub diagnostic: bool,
+    pub kind: FieldKind,
+}
+
+/// What kind of value a field holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldKind {
+    /// A number or a string.
+    Sensor,
+    /// `true` / `false` in the state object.
+    Binary,
+}
+
+impl FieldSpec {
+    /// A plain sensor; adjust the optional parts with struct update syntax.
+    pub const fn sensor(key: &'static str, name: &'static str) -> Self {
+        Self {
+            key,
+            name,
+            unit: None,
+            device_class: None,
+            state_class: None,
+            precision: None,
+            diagnostic: false,
+            kind: FieldKind::Sensor,
+        }
+    }
+}

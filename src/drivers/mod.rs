@@ -1,6 +1,8 @@
 //! The driver contract. Each driver speaks one protocol, knows nothing of
 //! MQTT, sends [`DriverEvent`]s and takes [`DeviceCommand`]s.
 
+pub mod deye;
+
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 

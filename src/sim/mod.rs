@@ -1,0 +1,3 @@
+//! Protocol-faithful device simulators for `energy2mqtt demo` and the tests.
+
+pub mod deye_model;
