@@ -40,6 +40,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let mut conn = Connection::start(options, config.mqtt.reconnect_max);
     let (_driver_tx, mut driver_rx) = mpsc::channel::<DriverEvent>(256);
     let mut bridge = Bridge::new(config, topics, conn.outbox.clone(), conn.client.clone());
+    bridge.incoming_dropped = conn.incoming_dropped.clone();
     bridge.publish_initial();
 
     let mut stats_tick = tokio::time::interval(BRIDGE_STATE_INTERVAL);
@@ -105,6 +106,8 @@ pub struct Bridge {
     started_at: OffsetDateTime,
     reconnects: u64,
     commands_rejected: u64,
+    /// Shared with the connection's poll task, which does the counting.
+    pub incoming_dropped: Arc<std::sync::atomic::AtomicU64>,
     gc: Option<Cleanup>,
     ha_birth_at: Option<Instant>,
 }
@@ -125,6 +128,7 @@ impl Bridge {
             started_at: OffsetDateTime::now_utc(),
             reconnects: 0,
             commands_rejected: 0,
+            incoming_dropped: Arc::default(),
             gc: None,
             ha_birth_at: None,
         }
@@ -451,6 +455,9 @@ impl Bridge {
             "mqtt_reconnects": self.reconnects,
             "commands_rejected": self.commands_rejected,
             "outbox_dropped": self.outbox.with(|q| q.dropped()),
+            "incoming_dropped": self
+                .incoming_dropped
+                .load(std::sync::atomic::Ordering::Relaxed),
             "last_seen": payloads::timestamp(OffsetDateTime::now_utc()),
         });
         self.outbox.push(Message::retained(

@@ -60,6 +60,8 @@ async fn publishes_retained_discovery_state_and_info() {
         assert_eq!(s["devices_configured"], 1);
         assert_eq!(s["devices_online"], 0);
         assert_eq!(s["mqtt_reconnects"], 0);
+        assert_eq!(s["incoming_dropped"], 0);
+        assert_eq!(s["outbox_dropped"], 0);
         assert!(s["last_seen"].as_str().is_some_and(|t| t.ends_with('Z')));
 
         let info = find("energy2mqtt/bridge/info").expect("bridge/info");

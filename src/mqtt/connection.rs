@@ -3,6 +3,7 @@
 //! writes what the outbox holds while the broker is connected.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use rumqttc::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Outgoing, Packet};
@@ -39,6 +40,8 @@ pub struct Connection {
     pub outbox: Arc<Outbox>,
     pub status: watch::Receiver<Status>,
     pub incoming: mpsc::Receiver<Incoming>,
+    /// Incoming publishes dropped because the bridge did not keep up.
+    pub incoming_dropped: Arc<AtomicU64>,
     poll_task: JoinHandle<()>,
     write_task: JoinHandle<()>,
     stop: CancellationToken,
@@ -84,10 +87,12 @@ impl Connection {
         let (status_tx, status) = watch::channel(Status::default());
         let (incoming_tx, incoming) = mpsc::channel(INCOMING_CAPACITY);
         let stop = CancellationToken::new();
+        let incoming_dropped = Arc::new(AtomicU64::new(0));
         let poll_task = tokio::spawn(poll_loop(
             eventloop,
             status_tx,
             incoming_tx,
+            incoming_dropped.clone(),
             Backoff::new(reconnect_max),
             stop.clone(),
         ));
@@ -102,6 +107,7 @@ impl Connection {
             outbox,
             status,
             incoming,
+            incoming_dropped,
             poll_task,
             write_task,
             stop,
@@ -138,6 +144,7 @@ async fn poll_loop(
     mut eventloop: EventLoop,
     status: watch::Sender<Status>,
     incoming: mpsc::Sender<Incoming>,
+    dropped_total: Arc<AtomicU64>,
     mut backoff: Backoff,
     stop: CancellationToken,
 ) {
@@ -173,6 +180,7 @@ async fn poll_loop(
                 };
                 if incoming.try_send(msg).is_err() {
                     dropped += 1;
+                    dropped_total.fetch_add(1, Ordering::Relaxed);
                     if dropped.is_power_of_two() {
                         tracing::warn!(
                             dropped,
