@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::core::registry::Registry;
-use crate::drivers::{DriverEvent, DriverHandle};
+use crate::drivers::{DeviceInfo, DriverEvent, DriverHandle};
 use crate::model::{DeviceCommand, DeviceKind};
 use crate::mqtt::connection::{Connection, Incoming};
 use crate::mqtt::discovery::{self, DiscoveryMessage};
@@ -38,8 +38,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let endpoint = settings::endpoint(&config).map_err(anyhow::Error::msg)?;
     tracing::info!(broker = %endpoint, base = topics.base(), "starting energy2mqtt {}", env!("CARGO_PKG_VERSION"));
     let mut conn = Connection::start(options, config.mqtt.reconnect_max);
-    let (_driver_tx, mut driver_rx) = mpsc::channel::<DriverEvent>(256);
+    let (driver_tx, mut driver_rx) = mpsc::channel::<DriverEvent>(256);
+    let drivers = spawn_drivers(&config, &driver_tx, &shutdown);
     let mut bridge = Bridge::new(config, topics, conn.outbox.clone(), conn.client.clone());
+    bridge.drivers = drivers;
     bridge.incoming_dropped = conn.incoming_dropped.clone();
     bridge.publish_initial();
 
@@ -78,6 +80,21 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     Ok(())
 }
 
+/// One task per configured device that has a driver.
+fn spawn_drivers(
+    config: &Config,
+    events: &mpsc::Sender<DriverEvent>,
+    shutdown: &CancellationToken,
+) -> HashMap<String, DriverHandle> {
+    let mut out = HashMap::new();
+    for inv in &config.inverter {
+        let handle =
+            crate::drivers::deye::task::spawn(inv.clone(), events.clone(), shutdown.child_token());
+        out.insert(inv.id.clone(), handle);
+    }
+    out
+}
+
 async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
@@ -110,11 +127,13 @@ pub struct Bridge {
     pub incoming_dropped: Arc<std::sync::atomic::AtomicU64>,
     gc: Option<Cleanup>,
     ha_birth_at: Option<Instant>,
+    /// What devices said about themselves, for their discovery configs.
+    identities: HashMap<String, DeviceInfo>,
 }
 
 impl Bridge {
     pub fn new(config: Config, topics: Topics, outbox: Arc<Outbox>, client: AsyncClient) -> Self {
-        let discovery = discovery_messages(&config, &topics);
+        let discovery = discovery_messages(&config, &topics, &HashMap::new());
         let registry = Registry::from_config(&config);
         Self {
             config,
@@ -131,6 +150,7 @@ impl Bridge {
             incoming_dropped: Arc::default(),
             gc: None,
             ha_birth_at: None,
+            identities: HashMap::new(),
         }
     }
 
@@ -375,10 +395,30 @@ impl Bridge {
                 let now = OffsetDateTime::now_utc();
                 if self.registry.record(&device, values, now) {
                     self.republish_device(&device);
+                    if self.registry.get(&device).map(|d| d.kind) == Some(DeviceKind::Inverter) {
+                        self.publish_site(now);
+                    }
                 }
+            }
+            DriverEvent::Identity { device, info } => {
+                if self.identities.get(&device) != Some(&info) {
+                    self.identities.insert(device, info);
+                    self.refresh_discovery();
+                }
+            }
+            DriverEvent::Problem { device, message } => {
+                let mut fields = Map::new();
+                fields.insert("error".into(), message.into());
+                self.outbox.push(Message::transient(
+                    self.topics.bridge_event(),
+                    payloads::event("device_error", Some(&device), fields),
+                ));
             }
             DriverEvent::Availability { device, online } => {
                 if self.registry.set_online(&device, online) {
+                    if self.registry.get(&device).map(|d| d.kind) == Some(DeviceKind::Inverter) {
+                        self.publish_site(OffsetDateTime::now_utc());
+                    }
                     self.outbox.push(Message::retained(
                         Class::Availability,
                         self.topics.availability(&device),
@@ -401,6 +441,48 @@ impl Bridge {
                 self.command_error(&device, &topic, reason);
             }
         }
+    }
+
+    /// Recomputes every discovery config and publishes those that changed.
+    fn refresh_discovery(&mut self) {
+        let fresh = discovery_messages(&self.config, &self.topics, &self.identities);
+        for m in &fresh {
+            if !self.discovery.contains(m) {
+                self.outbox.push(Message::retained(
+                    Class::Discovery,
+                    m.topic.clone(),
+                    m.payload.to_string(),
+                ));
+            }
+        }
+        self.discovery = fresh;
+    }
+
+    /// The `site` device: only with more than one inverter.
+    fn publish_site(&mut self, now: OffsetDateTime) {
+        if self.config.inverter.len() < 2 {
+            return;
+        }
+        let reporting: Vec<&Map<String, Value>> = self
+            .config
+            .inverter
+            .iter()
+            .filter_map(|inv| self.registry.get(&inv.id))
+            .filter(|d| d.online == Some(true) && d.last_seen.is_some())
+            .map(|d| &d.readings)
+            .collect();
+        let any_online = !reporting.is_empty();
+        let totals = crate::core::site::totals(reporting);
+        self.outbox.push(Message::retained(
+            Class::State,
+            self.topics.device_state(SITE_ID),
+            payloads::device_state(&totals, now),
+        ));
+        self.outbox.push(Message::retained(
+            Class::Availability,
+            self.topics.availability(SITE_ID),
+            payloads::availability(any_online),
+        ));
     }
 
     fn republish_device(&mut self, device: &str) {
@@ -470,9 +552,51 @@ impl Bridge {
 
 /// Every discovery config the configuration produces (empty when
 /// discovery is off, so the clean-up removes what an earlier run left).
-pub fn discovery_messages(config: &Config, topics: &Topics) -> Vec<DiscoveryMessage> {
+pub fn discovery_messages(
+    config: &Config,
+    topics: &Topics,
+    identities: &HashMap<String, DeviceInfo>,
+) -> Vec<DiscoveryMessage> {
     if !config.homeassistant.discovery {
         return Vec::new();
     }
-    discovery::bridge_device(topics)
+    let mut out = discovery::bridge_device(topics);
+    let inverter_fields = crate::drivers::deye::fields();
+    for inv in &config.inverter {
+        let info = identities.get(&inv.id).cloned().unwrap_or_default();
+        let device = discovery::Device {
+            identifiers: vec![discovery::device_identifier(topics, &inv.id)],
+            name: inv.name.clone().unwrap_or_else(|| inv.id.clone()),
+            manufacturer: Some(info.manufacturer.unwrap_or_else(|| "Deye".into())),
+            model: Some(info.model.unwrap_or_else(|| "Hybrid inverter".into())),
+            serial_number: info.serial_number,
+            sw_version: info.sw_version,
+            hw_version: info.hw_version,
+            ..Default::default()
+        };
+        let mut entities = discovery::DeviceEntities::new(topics, &inv.id, device);
+        for f in &inverter_fields {
+            entities.field_spec(f);
+        }
+        entities.refresh_button("refresh", "Refresh");
+        out.extend(entities.messages());
+    }
+    if config.inverter.len() > 1 {
+        let device = discovery::Device {
+            identifiers: vec![discovery::device_identifier(topics, SITE_ID)],
+            name: "Site".into(),
+            manufacturer: Some("energy2mqtt".into()),
+            model: Some(format!("Sum of {} inverters", config.inverter.len())),
+            ..Default::default()
+        };
+        let mut entities = discovery::DeviceEntities::new(topics, SITE_ID, device);
+        for f in &crate::core::site::fields() {
+            entities.field_spec(f);
+        }
+        out.extend(entities.messages());
+    }
+    out
 }
+
+/// The device id of the summed inverters (reserved in the configuration).
+pub const SITE_ID: &str = "site";

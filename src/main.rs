@@ -70,8 +70,9 @@ fn main() -> ExitCode {
     match command {
         Command::CheckConfig => check_config(&config),
         Command::Discovery => print_discovery(&config),
-        Command::Run | Command::Demo => serve(&cli, config, false),
-        Command::Broker => serve(&cli, config, true),
+        Command::Run => serve(&cli, config, Mode::Bridge),
+        Command::Demo => serve(&cli, config, Mode::Demo),
+        Command::Broker => serve(&cli, config, Mode::BrokerOnly),
     }
 }
 
@@ -96,7 +97,7 @@ fn check_config(config: &Config) -> ExitCode {
 
 fn print_discovery(config: &Config) -> ExitCode {
     let topics = energy2mqtt::mqtt::Topics::from_config(config);
-    let messages = energy2mqtt::app::discovery_messages(config, &topics);
+    let messages = energy2mqtt::app::discovery_messages(config, &topics, &Default::default());
     match serde_json::to_string_pretty(&messages) {
         Ok(text) => {
             println!("{text}");
@@ -139,7 +140,15 @@ fn init_tracing(cli: &Cli, config: &Config) -> Result<(), String> {
     Ok(())
 }
 
-fn serve(cli: &Cli, mut config: Config, broker_only: bool) -> ExitCode {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Bridge,
+    /// The bridge plus simulated devices.
+    Demo,
+    BrokerOnly,
+}
+
+fn serve(cli: &Cli, mut config: Config, mode: Mode) -> ExitCode {
     if let Err(e) = init_tracing(cli, &config) {
         eprintln!("energy2mqtt: {e}");
         return ExitCode::from(2);
@@ -158,13 +167,18 @@ fn serve(cli: &Cli, mut config: Config, broker_only: bool) -> ExitCode {
     let result = runtime.block_on(async move {
         let shutdown = CancellationToken::new();
         tokio::spawn(wait_for_signal(shutdown.clone()));
-        if broker_only {
-            config.broker.enabled = true;
-            energy2mqtt::broker::start(&config.broker).await?;
-            shutdown.cancelled().await;
-            Ok(())
-        } else {
-            energy2mqtt::app::run(config, shutdown).await
+        match mode {
+            Mode::BrokerOnly => {
+                config.broker.enabled = true;
+                energy2mqtt::broker::start(&config.broker).await?;
+                shutdown.cancelled().await;
+                Ok(())
+            }
+            Mode::Demo => {
+                let _devices = energy2mqtt::sim::demo::start(&config).await?;
+                energy2mqtt::app::run(config, shutdown).await
+            }
+            Mode::Bridge => energy2mqtt::app::run(config, shutdown).await,
         }
     });
     match result {

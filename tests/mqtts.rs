@@ -115,7 +115,10 @@ async fn mqtts_with_ca_file_connects_and_a_foreign_ca_is_refused() {
     let good_ca = good_ca.display().to_string();
     let mut bridge = Bridge::start(&url, "", &[("E2M_MQTT__CA_FILE", &good_ca)]);
     assert!(
-        client.expect(Duration::from_secs(10), online).await.is_some(),
+        client
+            .expect(Duration::from_secs(10), online)
+            .await
+            .is_some(),
         "bridge did not come online over mqtts; log:\n{}",
         bridge.log_text()
     );
@@ -143,7 +146,10 @@ async fn mqtts_with_ca_file_connects_and_a_foreign_ca_is_refused() {
     let other_ca = other_ca.display().to_string();
     let mut bridge = Bridge::start(&url, "", &[("E2M_MQTT__CA_FILE", &other_ca)]);
     let seen = client.expect(Duration::from_secs(3), online).await;
-    assert!(seen.is_none(), "connected with a CA that did not sign the broker");
+    assert!(
+        seen.is_none(),
+        "connected with a CA that did not sign the broker"
+    );
     assert!(bridge.is_running(), "bridge exited on a TLS failure");
     let log = bridge.log_text().to_lowercase();
     assert!(

@@ -262,6 +262,17 @@ pub struct InverterConfig {
     pub poll_interval: Duration,
     #[serde(default = "default_inverter_timeout", with = "duration")]
     pub timeout: Duration,
+    /// Most registers per read request; lower it for sticks or gateways
+    /// that time out on large reads.
+    #[serde(default = "default_max_block")]
+    pub max_block: u16,
+    /// Failed polls in a row before the inverter is reported unavailable.
+    #[serde(default = "default_unavailable_after")]
+    pub unavailable_after: u32,
+    /// Multiplier for the grid/load/CT power registers (167–178): 10 on
+    /// models that report them in 10 W units (some SUN-12K-SG02LP1).
+    #[serde(default = "default_power_scale")]
+    pub power_scale: f64,
 }
 
 impl InverterConfig {
@@ -279,6 +290,9 @@ impl InverterConfig {
             slave_id: default_slave_id(),
             poll_interval: default_inverter_poll(),
             timeout: default_inverter_timeout(),
+            max_block: default_max_block(),
+            unavailable_after: default_unavailable_after(),
+            power_scale: default_power_scale(),
         }
     }
 }
@@ -294,6 +308,15 @@ fn default_inverter_poll() -> Duration {
 }
 fn default_inverter_timeout() -> Duration {
     Duration::from_secs(5)
+}
+fn default_max_block() -> u16 {
+    125
+}
+fn default_unavailable_after() -> u32 {
+    3
+}
+fn default_power_scale() -> f64 {
+    1.0
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

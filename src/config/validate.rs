@@ -8,7 +8,7 @@ use super::load::{ConfigError, ConfigErrors};
 use super::{Config, InverterTransport};
 
 /// Device ids that would collide with the bridge's own topics.
-pub const RESERVED_IDS: &[&str] = &["bridge", "balancer", "alerts", "homeassistant"];
+pub const RESERVED_IDS: &[&str] = &["bridge", "balancer", "alerts", "homeassistant", "site"];
 
 pub fn validate(config: &Config) -> Result<(), ConfigErrors> {
     let mut errors = Vec::new();
@@ -168,6 +168,24 @@ pub fn validate(config: &Config) -> Result<(), ConfigErrors> {
         }
         if inv.port == Some(0) {
             err(k("port"), "port 0 is not a valid port".into());
+        }
+        if !(1..=125).contains(&inv.max_block) {
+            err(
+                k("max_block"),
+                format!(
+                    "{} is outside 1-125 (the Modbus limit is 125 registers per read)",
+                    inv.max_block
+                ),
+            );
+        }
+        if inv.unavailable_after == 0 {
+            err(k("unavailable_after"), "must be at least 1".into());
+        }
+        if inv.power_scale != 1.0 && inv.power_scale != 10.0 {
+            err(
+                k("power_scale"),
+                format!("{} is not 1 or 10", inv.power_scale),
+            );
         }
         if inv.poll_interval < Duration::from_secs(1) {
             err(

@@ -2,3 +2,4 @@
 //! configured device. The balancer, alerts and timers join it here.
 
 pub mod registry;
+pub mod site;

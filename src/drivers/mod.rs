@@ -21,6 +21,22 @@ pub enum DriverEvent {
     Availability { device: String, online: bool },
     /// A command could not be carried out.
     CommandFailed { device: String, reason: String },
+    /// What the device says it is (model, serial, firmware), learnt after
+    /// connecting; the discovery configs are republished with it.
+    Identity { device: String, info: DeviceInfo },
+    /// Something the user must fix (wrong serial, unsupported model): sent
+    /// once per episode, published on `bridge/event` as an error.
+    Problem { device: String, message: String },
+}
+
+/// A device's own description of itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeviceInfo {
+    pub manufacturer: Option<String>,
+    pub model: Option<String>,
+    pub serial_number: Option<String>,
+    pub sw_version: Option<String>,
+    pub hw_version: Option<String>,
 }
 
 /// How the bridge reaches the task that owns a device.

@@ -112,8 +112,12 @@ pub struct BinarySensor {
     pub base: EntityBase,
     pub state_topic: String,
     pub value_template: String,
-    pub payload_on: String,
-    pub payload_off: String,
+    /// JSON booleans, as zigbee2mqtt sends them: Home Assistant reads them
+    /// as the strings "True"/"False", which is what the template renders
+    /// for a JSON `true`/`false`. The strings "true"/"false" would never
+    /// match.
+    pub payload_on: Value,
+    pub payload_off: Value,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub device_class: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -333,13 +337,36 @@ impl<'t> DeviceEntities<'t> {
             base,
             state_topic: self.state_topic.clone(),
             value_template: Self::field(object_id),
-            payload_on: "true".into(),
-            payload_off: "false".into(),
+            payload_on: Value::Bool(true),
+            payload_off: Value::Bool(false),
             device_class,
             expire_after: None,
         };
         self.entities
             .push((object_id.to_owned(), Entity::BinarySensor(e)));
+    }
+
+    /// The entity a driver's field description asks for.
+    pub fn field_spec(&mut self, f: &crate::model::FieldSpec) {
+        let category = f.diagnostic.then_some(EntityCategory::Diagnostic);
+        match f.kind {
+            crate::model::FieldKind::Binary => {
+                self.binary_sensor(f.key, f.name, f.device_class, category)
+            }
+            crate::model::FieldKind::Sensor => self.sensor(
+                f.key,
+                f.name,
+                SensorSpec {
+                    field: None,
+                    device_class: f.device_class,
+                    state_class: f.state_class,
+                    unit: f.unit,
+                    precision: f.precision,
+                    category,
+                    icon: None,
+                },
+            ),
+        }
     }
 
     /// An on/off switch driven by `<device>/set` with `{"state":"ON"}`.
@@ -503,6 +530,12 @@ pub fn origin() -> Origin {
 /// The identifier every device's `via_device` points to.
 pub fn bridge_identifier(topics: &Topics) -> String {
     format!("energy2mqtt_bridge_{}", topics.base())
+}
+
+/// A configured device's identifier: stable across renames and firmware
+/// updates because it is built from the base topic and the user's id.
+pub fn device_identifier(topics: &Topics, device_id: &str) -> String {
+    format!("energy2mqtt_{}_{device_id}", topics.base())
 }
 
 /// The bridge itself as a Home Assistant device with diagnostic entities.
