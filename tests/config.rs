@@ -748,6 +748,9 @@ fn every_key() -> Config {
             slave_id: 1,
             poll_interval: d,
             timeout: d,
+            max_block: 1,
+            unavailable_after: 1,
+            power_scale: 1.0,
         }],
         plug: vec![PlugConfig {
             id: "p".into(),

@@ -3,7 +3,7 @@
 //! the bridge's tests against it mean something.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::Ordering;
 
@@ -42,10 +42,11 @@ fn model() -> InverterModel {
     )
 }
 
-async fn run_client(python: &PathBuf, sim: &SolarmanSim) -> serde_json::Value {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop/pysolarmanv5_client.py");
+async fn run_client(python: &Path, sim: &SolarmanSim) -> serde_json::Value {
+    let script =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop/pysolarmanv5_client.py");
     let port = sim.addr.port().to_string();
-    let python = python.clone();
+    let python = python.to_path_buf();
     let out = tokio::task::spawn_blocking(move || {
         Command::new(python)
             .arg(script)
@@ -86,7 +87,10 @@ fn check(out: &serde_json::Value) {
     // 178 = 175 + 169 − 166, read through a foreign client.
     let s = |a: usize| i32::from(b[a - 150] as i16);
     assert_eq!(s(178), s(175) + s(169) - s(166));
-    assert_eq!(out["battery_power"].as_i64(), Some(i64::from(b[190 - 150] as i16)));
+    assert_eq!(
+        out["battery_power"].as_i64(),
+        Some(i64::from(b[190 - 150] as i16))
+    );
     assert_eq!(regs(&out["written"]), vec![3210]);
     assert_eq!(out["too_many"], "IllegalDataValueError");
     let wrong = out["wrong_serial"].as_str().unwrap_or_default();

@@ -14,7 +14,7 @@ fn demo_discovery_matches_the_golden_file() {
     })
     .expect("demo config loads");
     let topics = Topics::from_config(&config);
-    let messages = energy2mqtt::app::discovery_messages(&config, &topics);
+    let messages = energy2mqtt::app::discovery_messages(&config, &topics, &Default::default());
     let actual = serde_json::to_string_pretty(&messages).expect("serialise") + "\n";
     if std::env::var("E2M_UPDATE_GOLDEN").is_ok_and(|v| v == "1") {
         std::fs::write(golden_path, &actual).expect("write golden file");

@@ -1,5 +1,5 @@
 //! Protocol-faithful device simulators for `energy2mqtt demo` and the tests.
 
+pub mod demo;
 pub mod deye_model;
 pub mod solarman;
-pub mod demo;

@@ -41,6 +41,9 @@ pub struct Faults {
     pub fragment: AtomicBool,
     /// A frame with a bad checksum before each reply.
     pub corrupt: AtomicBool,
+    /// Valid frames carrying nonsense: the inverter output (register 175)
+    /// reads 32000 W, as the corrupted polls users report.
+    pub spike: AtomicBool,
 }
 
 impl Default for Faults {
@@ -57,6 +60,7 @@ impl Default for Faults {
             silent: AtomicBool::new(false),
             fragment: AtomicBool::new(false),
             corrupt: AtomicBool::new(false),
+            spike: AtomicBool::new(false),
         }
     }
 }
@@ -74,6 +78,7 @@ impl Faults {
             &self.silent,
             &self.fragment,
             &self.corrupt,
+            &self.spike,
         ] {
             f.store(false, Ordering::Relaxed);
         }
@@ -188,7 +193,17 @@ impl Shared {
                     rtu::exception_reply(slave, 0x03, 0x03)
                 } else {
                     match model.read(addr, qty) {
-                        Some(values) => rtu::read_reply(slave, &values),
+                        Some(mut values) => {
+                            if self.faults.spike.load(Ordering::Relaxed) {
+                                if let Some(v) = 175u16
+                                    .checked_sub(addr)
+                                    .and_then(|i| values.get_mut(usize::from(i)))
+                                {
+                                    *v = 32000;
+                                }
+                            }
+                            rtu::read_reply(slave, &values)
+                        }
                         // Beyond the modelled range the inverter stays
                         // silent, as a real Deye does (logger status 05).
                         None => return None,
@@ -207,9 +222,7 @@ impl Shared {
                 Ok(()) => rtu::write_reply(slave, 0x10, addr, values.len() as u16),
                 Err(_) => rtu::exception_reply(slave, 0x10, 0x02),
             },
-            Request::Unsupported { slave, function } => {
-                rtu::exception_reply(slave, function, 0x01)
-            }
+            Request::Unsupported { slave, function } => rtu::exception_reply(slave, function, 0x01),
         })
     }
 }
@@ -266,13 +279,9 @@ async fn serve(mut sock: TcpStream, shared: Shared) -> std::io::Result<()> {
                         }
                         v5::encode_response(frame.seq, next_seq(), shared.serial, times, &rtu_reply)
                     }
-                    None => v5::encode_status(
-                        frame.seq,
-                        next_seq(),
-                        shared.serial,
-                        times,
-                        [0x05, 0x00],
-                    ),
+                    None => {
+                        v5::encode_status(frame.seq, next_seq(), shared.serial, times, [0x05, 0x00])
+                    }
                 }
             };
             if faults.garbage.load(Ordering::Relaxed) {

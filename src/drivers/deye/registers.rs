@@ -74,12 +74,15 @@ pub fn plan(blocks: &[Block], max_block: u16) -> Vec<Block> {
     out
 }
 
+const ALL_PRESENT: [bool; 128] = [true; 128];
+
 /// A sparse bank of holding-register values, filled from block reads.
 /// Dense storage indexed by address: the map only reaches ~200, and the
-/// decoder looks registers up one by one, so a vector beats a map.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// decoder looks registers up one by one, so vectors beat a map.
+#[derive(Debug, Clone, Default)]
 pub struct Registers {
-    words: Vec<Option<u16>>,
+    words: Vec<u16>,
+    present: Vec<bool>,
 }
 
 impl Registers {
@@ -93,11 +96,21 @@ impl Registers {
         let first = usize::from(start);
         let end = (first + words.len()).min(0x1_0000);
         if self.words.len() < end {
-            self.words.resize(end, None);
+            self.words.resize(end, 0);
+            self.present.resize(end, false);
         }
-        if let Some(slots) = self.words.get_mut(first..end) {
-            for (slot, &word) in slots.iter_mut().zip(words) {
-                *slot = Some(word);
+        if let (Some(slots), Some(flags), Some(src)) = (
+            self.words.get_mut(first..end),
+            self.present.get_mut(first..end),
+            words.get(..end - first),
+        ) {
+            slots.copy_from_slice(src);
+            // Chunked copies rather than fill(): fill is a per-element loop
+            // in debug builds, and the tests insert a million blocks.
+            for chunk in flags.chunks_mut(ALL_PRESENT.len()) {
+                if let Some(ones) = ALL_PRESENT.get(..chunk.len()) {
+                    chunk.copy_from_slice(ones);
+                }
             }
         }
     }
@@ -107,13 +120,19 @@ impl Registers {
     }
 
     pub fn remove(&mut self, addr: u16) {
-        if let Some(slot) = self.words.get_mut(usize::from(addr)) {
-            *slot = None;
+        let i = usize::from(addr);
+        if let (Some(word), Some(flag)) = (self.words.get_mut(i), self.present.get_mut(i)) {
+            *word = 0;
+            *flag = false;
         }
     }
 
     pub fn get(&self, addr: u16) -> Option<u16> {
-        self.words.get(usize::from(addr)).copied().flatten()
+        let i = usize::from(addr);
+        match (self.present.get(i), self.words.get(i)) {
+            (Some(true), Some(&word)) => Some(word),
+            _ => None,
+        }
     }
 
     /// Whether every register of `block` holds a value.
@@ -124,6 +143,7 @@ impl Registers {
 
     pub fn clear(&mut self) {
         self.words.clear();
+        self.present.clear();
     }
 }
 
@@ -174,14 +194,7 @@ impl BitNames {
         if bits == 0 {
             return "none".to_owned();
         }
-        let mut out = String::new();
-        for bit in set_bits(bits) {
-            if !out.is_empty() {
-                out.push_str(", ");
-            }
-            out.push_str(&self.label(bit));
-        }
-        out
+        self.decode(bits).join(", ")
     }
 
     fn label(&self, bit: u8) -> String {
@@ -265,6 +278,8 @@ pub struct Register {
     pub device_class: Option<&'static str>,
     pub state_class: Option<&'static str>,
     pub diagnostic: bool,
+    /// Decimal places of `scale`, precomputed for the decoder.
+    pub decimals: u8,
     pub kind: Kind,
     pub counter: Counter,
     pub variant: Variant,
@@ -284,6 +299,7 @@ impl Register {
             device_class: None,
             state_class: None,
             diagnostic: false,
+            decimals: 0,
             kind: Kind::Number,
             counter: Counter::None,
             variant: Variant::Fixed,
@@ -321,7 +337,7 @@ impl Register {
     /// names entity; [`fields`] adds the raw companion.
     pub fn field_spec(&self) -> FieldSpec {
         let precision = match self.kind {
-            Kind::Number | Kind::Temperature => Some(decimals_for(self.scale)),
+            Kind::Number | Kind::Temperature => Some(self.decimals),
             _ => None,
         };
         FieldSpec {
@@ -349,6 +365,7 @@ const fn measurement(
 ) -> Register {
     Register {
         scale,
+        decimals: decimals_for(scale),
         unit: Some(unit),
         device_class: Some(device_class),
         state_class: Some("measurement"),
@@ -391,9 +408,9 @@ const fn temperature(key: &'static str, name: &'static str, addr: &'static [u16]
     }
 }
 
-/// kWh counters: total_increasing so the HA Energy dashboard accepts them;
-/// HA treats a drop to 0 of a total_increasing sensor as a new cycle, which
-/// is exactly the daily counters' midnight reset.
+/// kWh counters: total_increasing so the HA Energy dashboard accepts them.
+/// HA reads any decrease of such a sensor as a meter reset, which is exactly
+/// what the daily counters do at the inverter's midnight.
 const fn energy(
     key: &'static str,
     name: &'static str,
@@ -402,6 +419,7 @@ const fn energy(
 ) -> Register {
     Register {
         scale: 0.1,
+        decimals: 1,
         unit: Some("kWh"),
         device_class: Some("energy"),
         state_class: Some("total_increasing"),
@@ -506,6 +524,7 @@ pub static SINGLE_PHASE_LV: Family = Family {
     // SUN-5K reads 50000 -> 5000.0 W.
     rated_power: Register {
         scale: 0.1,
+        decimals: 1,
         unit: Some("W"),
         device_class: Some("power"),
         diagnostic: true,
@@ -768,47 +787,66 @@ pub fn identity_fields(family: &Family) -> Vec<FieldSpec> {
 }
 
 fn word(regs: &Registers, addr: u16) -> Result<u16, DecodeError> {
-    regs.get(addr).ok_or(DecodeError::Missing(addr))
+    match regs.get(addr) {
+        Some(w) => Ok(w),
+        None => Err(DecodeError::Missing(addr)),
+    }
 }
 
 /// The words of `addrs`, low word first, as one unsigned number. More than
 /// four words cannot fit and are ignored (no register spans more).
 fn read_bits(regs: &Registers, addrs: &[u16]) -> Result<u64, DecodeError> {
     let mut bits = 0u64;
-    for (i, &addr) in addrs.iter().take(4).enumerate() {
-        bits |= u64::from(word(regs, addr)?) << (16 * i);
+    let mut shift = 0;
+    for &addr in addrs {
+        if shift >= 64 {
+            break;
+        }
+        bits |= u64::from(word(regs, addr)?) << shift;
+        shift += 16;
     }
     Ok(bits)
 }
 
 fn read_int(regs: &Registers, addrs: &[u16], signed: bool) -> Result<i64, DecodeError> {
-    let bits = read_bits(regs, addrs)?;
-    let width = 16 * addrs.len().clamp(1, 4);
-    if signed && width < 64 {
-        let shift = 64 - width;
+    Ok(to_int(read_bits(regs, addrs)?, addrs.len(), signed))
+}
+
+fn to_int(bits: u64, words: usize, signed: bool) -> i64 {
+    if signed && words > 0 && words < 4 {
+        let shift = 64 - 16 * words;
         // Shift the sign bit to the top, then back arithmetically.
-        Ok(((bits << shift) as i64) >> shift)
+        ((bits << shift) as i64) >> shift
     } else {
-        Ok(bits as i64)
+        bits as i64
     }
 }
 
 /// The decimal places a scale produces: 0.1 → 1, 0.01 → 2, 1 or 10 → 0.
-fn decimals_for(scale: f64) -> u8 {
-    let mut p = 1.0;
-    for d in 0..6u8 {
-        let x = scale * p;
-        if (x - x.round()).abs() < 1e-9 * x.abs().max(1.0) {
+/// A plain loop and const so the register table carries it precomputed.
+const fn decimals_for(scale: f64) -> u8 {
+    let mut x = if scale < 0.0 { -scale } else { scale };
+    let mut d = 0;
+    while d < MAX_DECIMALS {
+        let diff = x - (x + 0.5) as i64 as f64;
+        if diff < 1e-9 * (x + 1.0) && diff > -1e-9 * (x + 1.0) {
             return d;
         }
-        p *= 10.0;
+        x *= 10.0;
+        d += 1;
     }
-    6
+    MAX_DECIMALS
 }
+
+const MAX_DECIMALS: u8 = 6;
+const POW10: [f64; MAX_DECIMALS as usize + 1] = [1.0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6];
 
 /// Rounds to `decimals`, so 3 × 0.1 publishes as 0.3, not 0.30000000000000004.
 fn round_to(value: f64, decimals: u8) -> f64 {
-    let p = 10f64.powi(i32::from(decimals));
+    let p = match POW10.get(usize::from(decimals)) {
+        Some(&p) => p,
+        None => 1e6,
+    };
     (value * p).round() / p
 }
 
@@ -858,7 +896,7 @@ pub fn decode_identity(regs: &Registers) -> Result<Identity, DecodeError> {
     let rated = &family.rated_power;
     let rated_power_w = round_to(
         read_int(regs, rated.addrs, rated.signed)? as f64 * rated.scale,
-        decimals_for(rated.scale),
+        rated.decimals,
     );
     let mppt_phases = word(regs, layout.mppt_phases)?;
     Ok(Identity {
@@ -899,40 +937,66 @@ impl RunningState {
             n => Self::Unknown(n),
         }
     }
+
+    /// The published text; `None` for [`RunningState::Unknown`].
+    pub fn name(self) -> Option<&'static str> {
+        Some(match self {
+            Self::Standby => "standby",
+            Self::SelfCheck => "self-check",
+            Self::Normal => "normal",
+            Self::Alarm => "alarm",
+            Self::Fault => "fault",
+            Self::Activating => "activating",
+            Self::Unknown(_) => return None,
+        })
+    }
 }
 
 impl fmt::Display for RunningState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Standby => f.write_str("standby"),
-            Self::SelfCheck => f.write_str("self-check"),
-            Self::Normal => f.write_str("normal"),
-            Self::Alarm => f.write_str("alarm"),
-            Self::Fault => f.write_str("fault"),
-            Self::Activating => f.write_str("activating"),
-            Self::Unknown(n) => write!(f, "unknown ({n})"),
+        match (self, self.name()) {
+            (_, Some(name)) => f.write_str(name),
+            (Self::Unknown(n), None) => write!(f, "unknown ({n})"),
+            (_, None) => f.write_str("unknown"),
         }
     }
 }
 
 /// One published value.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Value {
     /// Already rounded to the register's decimals.
     Number(f64),
-    Text(String),
     Bool(bool),
-    /// A raw bit field.
+    /// A raw bit field, published as the number.
     Raw(u64),
+    /// Register 59, published as text.
+    State(RunningState),
+    /// A bit field published as the names of its set bits, or "none". The
+    /// text is built when published, not per poll: the balancer never
+    /// needs it, and a corrupted poll can set dozens of bits.
+    Names {
+        bits: u64,
+        names: &'static BitNames,
+    },
 }
 
 impl Value {
     pub fn to_json(&self) -> Json {
         match self {
             Self::Number(x) => number_json(*x),
-            Self::Text(s) => Json::from(s.as_str()),
             Self::Bool(b) => Json::Bool(*b),
             Self::Raw(n) => Json::from(*n),
+            Self::State(_) | Self::Names { .. } => Json::String(self.text().unwrap_or_default()),
+        }
+    }
+
+    /// The text of a state or bit-names value.
+    pub fn text(&self) -> Option<String> {
+        match self {
+            Self::State(state) => Some(state.to_string()),
+            Self::Names { bits, names } => Some(names.text(*bits)),
+            _ => None,
         }
     }
 
@@ -1032,38 +1096,17 @@ impl Sample {
     }
 }
 
-enum Decoded {
-    Number(f64),
-    Absent,
-    State(RunningState),
-    Bits(u64, &'static BitNames),
-    Flag(bool),
-}
-
-fn decode_register(
-    reg: &Register,
-    regs: &Registers,
-    opts: &DecodeOptions,
-) -> Result<Decoded, DecodeError> {
-    let scale = reg.scale * opts.multiplier(reg.variant);
-    let number = |raw: i64| round_to(raw as f64 * scale + reg.offset, decimals_for(scale));
-    Ok(match reg.kind {
-        Kind::Number => Decoded::Number(number(read_int(regs, reg.addrs, reg.signed)?)),
-        Kind::Temperature => match read_int(regs, reg.addrs, reg.signed)? {
-            0 => Decoded::Absent,
-            raw => Decoded::Number(number(raw)),
-        },
-        Kind::RunningState => Decoded::State(RunningState::from_raw(word_of(regs, reg)?)),
-        Kind::Bits(names) => Decoded::Bits(read_bits(regs, reg.addrs)?, names),
-        Kind::Flag => Decoded::Flag(word_of(regs, reg)? == 1),
-    })
-}
-
-fn word_of(regs: &Registers, reg: &Register) -> Result<u16, DecodeError> {
-    match reg.addrs.first() {
-        Some(&addr) => word(regs, addr),
-        None => Err(DecodeError::NoField(reg.key)),
-    }
+/// `raw × scale + offset`, rounded to the scale's decimals; the model
+/// multiplier only touches the registers that vary.
+fn scaled(reg: &Register, raw: i64, opts: &DecodeOptions) -> f64 {
+    let (scale, decimals) = match reg.variant {
+        Variant::Fixed => (reg.scale, reg.decimals),
+        variant => {
+            let scale = reg.scale * opts.multiplier(variant);
+            (scale, decimals_for(scale))
+        }
+    };
+    round_to(raw as f64 * scale + reg.offset, decimals)
 }
 
 /// Collects the typed values while walking the register list.
@@ -1120,35 +1163,45 @@ pub fn decode_sample(
     opts: &DecodeOptions,
 ) -> Result<Sample, DecodeError> {
     opts.validate()?;
-    let mut values = Vec::with_capacity(family.fields.len() + 4);
-    let mut totals = Vec::new();
+    // Bit fields add a raw companion each, plus the derived values.
+    let mut values = Vec::with_capacity(family.fields.len() + 8);
+    let mut totals = Vec::with_capacity(8);
     let mut typed = Typed::default();
     for reg in family.fields {
-        match decode_register(reg, regs, opts)? {
-            Decoded::Number(v) => {
+        // One pass without an intermediate enum: the tests run this a
+        // million times in a debug build.
+        let bits = read_bits(regs, reg.addrs)?;
+        match reg.kind {
+            Kind::Number | Kind::Temperature => {
+                let raw = to_int(bits, reg.addrs.len(), reg.signed);
+                if raw == 0 && matches!(reg.kind, Kind::Temperature) {
+                    continue;
+                }
+                let v = scaled(reg, raw, opts);
                 if reg.counter == Counter::Total {
                     totals.push((reg.key, v));
                 }
                 typed.number(reg.role, v);
                 values.push((reg.key, Value::Number(v)));
             }
-            Decoded::Absent => {}
-            Decoded::State(state) => {
+            Kind::RunningState => {
+                let state = RunningState::from_raw((bits & 0xFFFF) as u16);
                 if reg.role == Role::RunningState {
                     typed.running_state = Some(state);
                 }
-                values.push((reg.key, Value::Text(state.to_string())));
+                values.push((reg.key, Value::State(state)));
             }
-            Decoded::Bits(bits, names) => {
+            Kind::Bits(names) => {
                 match reg.role {
                     Role::Warnings => typed.warnings = Some(bits),
                     Role::Faults => typed.faults = Some(bits),
                     _ => {}
                 }
-                values.push((reg.key, Value::Text(names.text(bits))));
+                values.push((reg.key, Value::Names { bits, names }));
                 values.push((names.raw_key, Value::Raw(bits)));
             }
-            Decoded::Flag(on) => {
+            Kind::Flag => {
+                let on = bits == 1;
                 if reg.role == Role::GridRelay {
                     typed.grid_relay = Some(on);
                 }
@@ -1274,7 +1327,8 @@ impl Plausibility {
 
     /// Checks `sample` against the bounds and against `previous`, the last
     /// accepted sample. Daily counters are not compared: they reset to 0 at
-    /// the inverter's midnight.
+    /// the inverter's midnight. After a long outage a real 100 kWh step is
+    /// possible; pass `None` then rather than reject forever.
     pub fn check(&self, sample: &Sample, previous: Option<&Sample>) -> Result<(), Implausible> {
         if !(self.rated_power_w.is_finite() && self.rated_power_w > 0.0) {
             return Err(Implausible::Rating(self.rated_power_w));
@@ -1445,6 +1499,12 @@ mod tests {
         s.number(key).unwrap_or_else(|| panic!("{key} missing"))
     }
 
+    fn text(s: &Sample, key: &str) -> String {
+        s.get(key)
+            .and_then(Value::text)
+            .unwrap_or_else(|| panic!("{key} missing"))
+    }
+
     #[test]
     fn ct_mode_dump_decodes_to_documented_values() {
         let s = decode(&bank(true));
@@ -1540,18 +1600,27 @@ mod tests {
         }
         assert_eq!(num(&s, "grid_import_total"), 7019.6);
         assert_eq!(s.running_state, RunningState::Normal);
-        assert_eq!(s.get("running_state"), Some(&Value::Text("normal".into())));
         assert_eq!(
-            s.get("warnings"),
-            Some(&Value::Text("fan failure, battery loss".into()))
+            s.get("running_state"),
+            Some(&Value::State(RunningState::Normal))
         );
+        assert_eq!(text(&s, "running_state"), "normal");
+        assert_eq!(text(&s, "warnings"), "fan failure, battery loss");
         assert_eq!(s.warning_bits, 0x4000_0002);
         assert_eq!(s.get("warning_bits"), Some(&Value::Raw(0x4000_0002)));
         assert_eq!(
-            s.get("faults"),
-            Some(&Value::Text(
-                "F1, F13 working mode change, F35 no AC grid".into()
-            ))
+            text(&s, "faults"),
+            "F1, F13 working mode change, F35 no AC grid"
+        );
+        let map = s.to_map();
+        assert_eq!(
+            map.get("warnings"),
+            Some(&Json::from("fan failure, battery loss"))
+        );
+        assert_eq!(map.get("running_state"), Some(&Json::from("normal")));
+        assert_eq!(
+            map.get("fault_bits"),
+            Some(&Json::from(0x0004_0000_1001u64))
         );
         assert_eq!(s.fault_bits, 0x0004_0000_1001);
         let totals: Vec<_> = s.totals.iter().map(|(k, _)| *k).collect();
@@ -1647,8 +1716,8 @@ mod tests {
         }
         regs.insert(105, 0x0004);
         let s = decode(&regs);
-        assert_eq!(s.get("warnings"), Some(&Value::Text("none".into())));
-        assert_eq!(s.get("faults"), Some(&Value::Text("F35 no AC grid".into())));
+        assert_eq!(text(&s, "warnings"), "none");
+        assert_eq!(text(&s, "faults"), "F35 no AC grid");
         assert_eq!(s.fault_bits, 1 << 34);
     }
 
@@ -1766,6 +1835,13 @@ mod tests {
     #[test]
     fn every_address_is_in_a_read_block() {
         let f = &SINGLE_PHASE_LV;
+        for reg in f.fields.iter().chain([&f.rated_power]) {
+            assert_eq!(reg.decimals, decimals_for(reg.scale), "{}", reg.key);
+        }
+        assert_eq!(
+            [1.0, 10.0, 0.1, 0.01, 0.5, 0.25, 0.001].map(decimals_for),
+            [0, 0, 1, 2, 1, 2, 3]
+        );
         for reg in f.fields {
             for &addr in reg.addrs {
                 assert!(
@@ -2139,6 +2215,11 @@ mod tests {
 
     const ADDRS: [(u16, usize); 2] = [(59, 54), (150, 45)];
 
+    fn base_sample() -> &'static Sample {
+        static BASE: std::sync::OnceLock<Sample> = std::sync::OnceLock::new();
+        BASE.get_or_init(|| decode(&bank(true)))
+    }
+
     fn fill(regs: &mut Registers, words: &[u16]) {
         let (a, b) = words.split_at(54.min(words.len()));
         regs.insert_block(ADDRS[0].0, a);
@@ -2146,7 +2227,7 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(20_000))]
+        #![proptest_config(ProptestConfig::with_cases(10_000))]
 
         #[test]
         fn arbitrary_registers_never_panic(
@@ -2159,9 +2240,8 @@ mod tests {
             for h in holes {
                 regs.remove(h);
             }
-            let base = decode(&bank(true));
             exercise(&regs, None, rated);
-            exercise(&regs, Some(&base), rated);
+            exercise(&regs, Some(base_sample()), rated);
         }
 
         #[test]
@@ -2179,19 +2259,19 @@ mod tests {
             }
             let mut regs = Registers::new();
             fill(&mut regs, &words);
-            let base = decode(&bank(true));
-            exercise(&regs, Some(&base), rated);
+            exercise(&regs, Some(base_sample()), rated);
         }
     }
 
-    /// A million register banks from a deterministic xorshift, half of them
-    /// near-plausible so the acceptance path is exercised, chained so the
-    /// counter checks see real predecessors. Split over two threads to stay
-    /// within a few seconds in a debug build.
+    /// A million register banks from a deterministic xorshift: a quarter
+    /// arbitrary, the rest the CT-mode dump with a few words replaced (so the
+    /// acceptance path is exercised), now and then with a register missing,
+    /// compared with nothing, the dump, or the last accepted sample. Split
+    /// over two threads to stay within a few seconds in a debug build.
     #[test]
     fn a_million_banks() {
-        const TOTAL: u64 = 1_000_000;
-        let run = |seed: u64, count: u64| {
+        const TOTAL: u32 = 1_000_000;
+        let run = |seed: u64, count: u32| {
             let mut x = seed;
             let mut next = move || {
                 x ^= x << 13;
@@ -2201,46 +2281,58 @@ mod tests {
             };
             let mut base = block_a();
             base.extend(block_b(true));
+            let mut words = base.clone();
             let mut regs = Registers::new();
-            let mut previous: Option<Sample> = None;
-            let (mut accepted, mut decoded) = (0u64, 0u64);
-            for _ in 0..count {
+            let mut last: Option<Sample> = None;
+            let (mut decoded, mut accepted) = (0u32, 0u32);
+            for i in 0..count {
                 let r = next();
-                let mut words = base.clone();
-                if r & 1 == 0 {
-                    for w in &mut words {
-                        *w = (next() & 0xFFFF) as u16;
+                if r % 4 == 0 {
+                    for chunk in words.chunks_mut(4) {
+                        let v = next();
+                        for (j, w) in chunk.iter_mut().enumerate() {
+                            *w = (v >> (16 * j)) as u16;
+                        }
                     }
                 } else {
-                    for _ in 0..(r >> 1) % 5 {
+                    words.copy_from_slice(&base);
+                    for _ in 0..(r >> 2) % 5 {
                         let v = next();
-                        let i = (v % 99) as usize;
                         let value = match (v >> 8) % 4 {
                             0 => 0,
                             1 => 0xFFFF,
                             2 => ((v >> 16) % 200) as u16,
                             _ => (v >> 16) as u16,
                         };
-                        if let Some(w) = words.get_mut(i) {
+                        if let Some(w) = words.get_mut((v % 99) as usize) {
                             *w = value;
                         }
                     }
                 }
-                regs.clear();
                 fill(&mut regs, &words);
-                if r % 97 == 0 {
-                    regs.remove(59 + ((r >> 8) % 140) as u16);
+                if (r >> 40) % 64 == 0 {
+                    let k = ((r >> 48) % 99) as u16;
+                    regs.remove(if k < 54 { 59 + k } else { 150 + k - 54 });
                 }
                 let rated = 3000.0 + ((r >> 20) % 9000) as f64;
-                if let Ok(s) = decode_sample(&SINGLE_PHASE_LV, &regs, &DecodeOptions::default()) {
-                    decoded += 1;
-                    let _ = s.to_map();
-                    if check(&s, previous.as_ref(), rated).is_ok() {
-                        assert!(s.battery_soc <= 100.0);
-                        assert!(s.inverter_power_w.abs() <= 1.1 * rated);
-                        accepted += 1;
-                        previous = Some(s);
-                    }
+                let Ok(s) = decode_sample(&SINGLE_PHASE_LV, &regs, &DecodeOptions::default())
+                else {
+                    continue;
+                };
+                decoded += 1;
+                if i % 1024 == 0 {
+                    assert!(s.to_map().len() >= SINGLE_PHASE_LV.fields.len());
+                }
+                let previous = match (r >> 3) % 3 {
+                    0 => None,
+                    1 => Some(base_sample()),
+                    _ => last.as_ref(),
+                };
+                if check(&s, previous, rated).is_ok() {
+                    assert!(s.battery_soc <= 100.0);
+                    assert!(s.inverter_power_w.abs() <= 1.1 * rated);
+                    accepted += 1;
+                    last = Some(s);
                 }
             }
             (decoded, accepted)
@@ -2252,7 +2344,7 @@ mod tests {
         });
         let (decoded, accepted) = (a.0 + b.0, a.1 + b.1);
         assert!(decoded > TOTAL * 9 / 10, "{decoded}");
-        assert!(accepted > TOTAL / 10, "{accepted}");
-        assert!(accepted < decoded, "{accepted}");
+        assert!(accepted > TOTAL / 5, "{accepted}");
+        assert!(accepted < decoded - TOTAL / 5, "{accepted}");
     }
 }

@@ -70,8 +70,10 @@ impl ExceptionCode {
             Self::IllegalDataValue => {
                 "the value or the register count is out of range for this inverter"
             }
-            Self::DeviceFailure => "the inverter reported an internal failure; retrying later",
-            Self::Busy => "the inverter is busy; retrying after a pause",
+            Self::DeviceFailure => {
+                "the inverter reported an internal failure; worth retrying later"
+            }
+            Self::Busy => "the inverter is busy; worth retrying after a pause",
             Self::GatewayTargetFailed => {
                 "the inverter did not answer its gateway; check that it is on and the Modbus slave id"
             }

@@ -134,20 +134,36 @@ impl Poller {
         Ok((sample, fresh_identity))
     }
 
-    /// One retry with a fresh sequence byte for the errors a second try can
-    /// cure (a lost reply, an inverter busy for a moment).
+    /// One retry for the errors a second try can cure: a lost reply or an
+    /// inverter busy for a moment (same connection, fresh sequence byte),
+    /// or a stick that dropped the connection (some firmware resets it
+    /// every few seconds: reconnect and send again, as ha-solarman does).
     async fn read_with_retry(
         &mut self,
         start: u16,
         count: u16,
     ) -> Result<Vec<u16>, TransportError> {
-        let Some(link) = self.link.as_mut() else {
-            return Err(TransportError::Io(std::io::ErrorKind::NotConnected.into()));
+        let first = match self.link.as_mut() {
+            Some(link) => link.read(start, count).await,
+            None => Err(TransportError::Io(std::io::ErrorKind::NotConnected.into())),
         };
-        match link.read(start, count).await {
+        match first {
             Err(e) if retryable(&e) => {
                 tracing::debug!(error = %e, start, count, "read failed, retrying once");
-                link.read(start, count).await
+                match self.link.as_mut() {
+                    Some(link) => link.read(start, count).await,
+                    None => Err(e),
+                }
+            }
+            Err(TransportError::Io(e)) => {
+                tracing::debug!(error = %e, start, count, "connection lost, reconnecting once");
+                if let Some(link) = self.link.take() {
+                    link.close().await;
+                }
+                let mut link = Link::connect(&self.config, self.counters.clone()).await?;
+                let res = link.read(start, count).await;
+                self.link = Some(link);
+                res
             }
             other => other,
         }

@@ -738,10 +738,7 @@ mod tests {
         let mut d = Deframer::new(4096);
         let results = deframe(&mut d, &[&stream]);
         assert!(results.iter().all(Result::is_ok), "{results:?}");
-        assert_eq!(
-            ok_frames(results),
-            [decode(RSP_3C), decode(HEARTBEAT_19)]
-        );
+        assert_eq!(ok_frames(results), [decode(RSP_3C), decode(HEARTBEAT_19)]);
         assert_eq!(d.skipped_bytes(), 15);
         assert_eq!(d.buffered(), 0);
     }
@@ -777,7 +774,7 @@ mod tests {
         // Plausible but wrong length: the frame runs into the next one and
         // fails there; the next frame still comes out.
         let mut bad = hex(RSP_3C);
-        bad[1] += 5;
+        bad[1] += 3;
         let mut stream = bad;
         stream.extend(hex(RSP_6D));
         let mut d = Deframer::new(4096);
@@ -843,7 +840,10 @@ mod tests {
         .unwrap();
         assert_eq!(
             parse_response(&short),
-            Err(V5Error::Rtu(RtuError::Short { needed: 13, got: 10 }))
+            Err(V5Error::Rtu(RtuError::Short {
+                needed: 13,
+                got: 10
+            }))
         );
         // A payload without room for the 14-byte prefix.
         let stub = Frame::decode(&envelope(RESPONSE, 0, 0, 1, &[2, 1, 0])).unwrap();
@@ -878,7 +878,10 @@ mod tests {
         let stub = Frame::decode(&envelope(REQUEST, 0, 0, 1, &[2; 14])).unwrap();
         assert_eq!(
             parse_request(&stub),
-            Err(V5Error::ShortPayload { needed: 15, got: 14 })
+            Err(V5Error::ShortPayload {
+                needed: 15,
+                got: 14
+            })
         );
     }
 
@@ -946,10 +949,7 @@ mod tests {
         }
         assert!(errors > 0);
         // Everything pushed is either skipped or still buffered.
-        assert_eq!(
-            d.skipped_bytes() + d.buffered() as u64,
-            junk.len() as u64
-        );
+        assert_eq!(d.skipped_bytes() + d.buffered() as u64, junk.len() as u64);
         // The stream recovers.
         d.clear();
         let frames = ok_frames(deframe(&mut d, &[&hex(RSP_6D)]));
@@ -1118,16 +1118,17 @@ mod tests {
     // 1,090,000 generated inputs. failure_persistence is off so a failure
     // does not write a proptest-regressions file into the source tree.
 
+    /// Bytes rich in header values, as in `XorShift::byte`. One mapped
+    /// strategy: a `prop_oneof!` per byte is ten times slower to generate.
     fn hot_byte() -> impl Strategy<Value = u8> {
-        prop_oneof![
-            Just(START),
-            Just(0x10),
-            Just(END),
-            Just(0x00),
-            Just(0x01),
-            any::<u8>(),
-            any::<u8>(),
-        ]
+        any::<u16>().prop_map(|r| {
+            const HOT: [u8; 8] = [START, 0x10, END, 0x00, 0x01, 0x45, 0x47, 0x03];
+            if r & 1 == 0 {
+                HOT[usize::from(r >> 1) % 8]
+            } else {
+                (r >> 8) as u8
+            }
+        })
     }
 
     fn split<'a>(bytes: &'a [u8], cuts: &[prop::sample::Index]) -> Vec<&'a [u8]> {
@@ -1143,7 +1144,7 @@ mod tests {
 
         #[test]
         fn deframer_never_panics_and_stays_bounded(
-            bytes in proptest::collection::vec(hot_byte(), 0..1500),
+            bytes in proptest::collection::vec(hot_byte(), 0..700),
             cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..8),
             max in 0usize..3 * MAX_FRAME,
         ) {
@@ -1265,25 +1266,28 @@ mod tests {
             cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..6),
         ) {
             let response = encode_response(1, 2, 3, Times::default(), &rtu::read_reply(1, &values));
+            let real = Frame::decode(&response).unwrap();
             let mut stream = junk.clone();
             stream.extend_from_slice(&response);
             // Enough non-start bytes to complete any false frame.
             stream.extend(std::iter::repeat_n(0u8, MAX_FRAME));
             let mut d = Deframer::new(4 * MAX_FRAME);
-            let mut found = false;
+            let (mut found, mut accidental) = (false, 0);
             for piece in split(&stream, &cuts) {
                 d.push(piece);
                 while let Some(r) = d.next_frame() {
-                    if let Ok(frame) = r {
-                        if frame.control == RESPONSE && frame.serial == 3 {
-                            let rtu_part = parse_response(&frame).unwrap().into_modbus().unwrap();
-                            prop_assert_eq!(rtu::decode_read_reply(rtu_part, 1, values.len() as u16).unwrap(), values.clone());
-                            found = true;
-                        }
+                    match r {
+                        Ok(frame) if frame == real => found = true,
+                        Ok(_) => accidental += 1,
+                        Err(_) => {}
                     }
                 }
             }
-            prop_assert!(found);
+            // The only way to lose the real frame: junk that happens to
+            // form a valid frame (end byte and checksum matching, about 1
+            // in 65,536 per false start) extending over it.
+            prop_assert!(found || accidental > 0);
+            prop_assert_eq!(d.buffered(), 0);
         }
     }
 }
