@@ -13,7 +13,6 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-
 use energy2mqtt::config::{InverterConfig, InverterTransport};
 use energy2mqtt::drivers::deye::task::Poller;
 use energy2mqtt::drivers::deye::transport::{Link, LinkCounters};
@@ -105,8 +104,8 @@ fn main() {
             .expect("connect");
         // The registers the original app read one at a time (~30).
         let regs: [u16; 30] = [
-            70, 71, 72, 73, 74, 75, 76, 77, 78, 80, 81, 82, 84, 85, 86, 96, 97, 108, 169, 178,
-            183, 184, 186, 187, 190, 191, 150, 79, 157, 192,
+            70, 71, 72, 73, 74, 75, 76, 77, 78, 80, 81, 82, 84, 85, 86, 96, 97, 108, 169, 178, 183,
+            184, 186, 187, 190, 191, 150, 79, 157, 192,
         ];
         let t = Instant::now();
         for r in regs {

@@ -2,4 +2,5 @@
 
 pub mod demo;
 pub mod deye_model;
+pub mod modbus;
 pub mod solarman;
