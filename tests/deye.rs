@@ -339,3 +339,74 @@ async fn a_wrong_logger_serial_is_reported_with_the_right_one() {
     assert!(bridge.log_text().contains("2712345678"));
     assert_eq!(bridge.terminate(), Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_inverters_are_two_devices_and_a_site_sums_them() {
+    let broker = Broker::start(BrokerKind::Embedded);
+    let a = sim().await;
+    let b = sim().await;
+    let toml = format!(
+        r#"
+[[inverter]]
+id = "master"
+host = "127.0.0.1"
+port = {}
+serial = {SERIAL}
+poll_interval = "1s"
+
+[[inverter]]
+id = "slave"
+host = "127.0.0.1"
+port = {}
+serial = {SERIAL}
+poll_interval = "1s"
+"#,
+        a.addr.port(),
+        b.addr.port()
+    );
+    let mut client = Client::connect(
+        broker.port,
+        &[
+            "energy2mqtt/master",
+            "energy2mqtt/slave",
+            "energy2mqtt/site",
+            "homeassistant/sensor/site/+/config",
+        ],
+    )
+    .await;
+    let _bridge = Bridge::start(&broker.url(), &toml, &[]);
+    let msgs = client.collect(Duration::from_secs(4)).await;
+    let last = |topic: &str| {
+        msgs.iter()
+            .rev()
+            .find(|m| m.topic == topic)
+            .unwrap_or_else(|| panic!("nothing on {topic}"))
+            .json()
+    };
+    let site = last("energy2mqtt/site");
+    assert_eq!(site["inverters_reporting"], 2, "{site}");
+    // The site figure is the sum of what the two inverters published
+    // (each within one poll of the other: compare loosely for load, which
+    // has noise, exactly for the rating-bounded sign convention).
+    let master = last("energy2mqtt/master");
+    let slave = last("energy2mqtt/slave");
+    for key in ["pv_power", "load_power", "battery_power", "grid_power"] {
+        let sum =
+            master[key].as_f64().unwrap_or(f64::NAN) + slave[key].as_f64().unwrap_or(f64::NAN);
+        let got = site[key].as_f64().unwrap_or(f64::NAN);
+        assert!(
+            (got - sum).abs() <= 0.05 * sum.abs() + 50.0,
+            "{key}: site {got}, sum {sum}"
+        );
+    }
+    let configs: std::collections::BTreeMap<_, _> = msgs
+        .iter()
+        .filter(|m| m.topic.starts_with("homeassistant/sensor/site/"))
+        .map(|m| (m.topic.clone(), m.json()))
+        .collect();
+    assert_eq!(configs.len(), energy2mqtt::core::site::fields().len());
+    assert_eq!(
+        configs["homeassistant/sensor/site/pv_power/config"]["unit_of_measurement"],
+        "W"
+    );
+}
