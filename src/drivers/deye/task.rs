@@ -199,6 +199,11 @@ impl Poller {
         if let Some((id, _)) = &self.identity {
             m.extend(id.to_map());
         }
+        if self.config.transport == crate::config::InverterTransport::Solarman {
+            if let Some(serial) = self.config.serial {
+                m.insert("logger_serial".into(), serial.to_string().into());
+            }
+        }
         m
     }
 }
