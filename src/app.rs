@@ -92,6 +92,11 @@ fn spawn_drivers(
             crate::drivers::deye::task::spawn(inv.clone(), events.clone(), shutdown.child_token());
         out.insert(inv.id.clone(), handle);
     }
+    for plug in &config.plug {
+        let link = crate::drivers::tapo::link_for(config, plug);
+        let handle = crate::drivers::tapo::task::spawn(link, events.clone(), shutdown.child_token());
+        out.insert(plug.id.clone(), handle);
+    }
     out
 }
 
@@ -443,9 +448,20 @@ impl Bridge {
         }
     }
 
-    /// Recomputes every discovery config and publishes those that changed.
+    /// Recomputes every discovery config, publishes those that changed and
+    /// clears those no longer produced (a plug found to be a P100 loses its
+    /// power entities).
     fn refresh_discovery(&mut self) {
         let fresh = discovery_messages(&self.config, &self.topics, &self.identities);
+        for old in &self.discovery {
+            if !fresh.iter().any(|m| m.topic == old.topic) {
+                self.outbox.push(Message::retained(
+                    Class::Discovery,
+                    old.topic.clone(),
+                    Vec::<u8>::new(),
+                ));
+            }
+        }
         for m in &fresh {
             if !self.discovery.contains(m) {
                 self.outbox.push(Message::retained(
@@ -576,6 +592,37 @@ pub fn discovery_messages(
         };
         let mut entities = discovery::DeviceEntities::new(topics, &inv.id, device);
         for f in &inverter_fields {
+            entities.field_spec(f);
+        }
+        entities.refresh_button("refresh", "Refresh");
+        out.extend(entities.messages());
+    }
+    for plug in &config.plug {
+        let info = identities.get(&plug.id).cloned().unwrap_or_default();
+        let unmetered = info
+            .model
+            .as_deref()
+            .is_some_and(crate::drivers::tapo::is_unmetered);
+        let device = discovery::Device {
+            identifiers: vec![discovery::device_identifier(topics, &plug.id)],
+            name: plug.name.clone().unwrap_or_else(|| plug.id.clone()),
+            manufacturer: Some(info.manufacturer.unwrap_or_else(|| "TP-Link".into())),
+            model: Some(info.model.unwrap_or_else(|| "Tapo plug".into())),
+            serial_number: info.serial_number,
+            sw_version: info.sw_version,
+            hw_version: info.hw_version,
+            ..Default::default()
+        };
+        let mut entities = discovery::DeviceEntities::new(topics, &plug.id, device);
+        // The switch is the device's main feature: it takes the device's
+        // name in Home Assistant.
+        entities.switch("switch", None);
+        let fields = if unmetered {
+            crate::drivers::tapo::task::fields_without_metering()
+        } else {
+            crate::drivers::tapo::task::fields()
+        };
+        for f in &fields {
             entities.field_spec(f);
         }
         entities.refresh_button("refresh", "Refresh");

@@ -1,0 +1,360 @@
+//! One task per plug: poll its state and power, switch it on command and
+//! read it back, keep its availability true, and never hammer a plug that
+//! refuses our credentials.
+
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::api::{DeviceInfo, EnergyUsage};
+use super::client::{PlugClient, TapoError};
+use crate::drivers::{DeviceInfo as Identity, DriverEvent, DriverHandle};
+use crate::model::{DeviceCommand, FieldSpec, FieldKind, SwitchState};
+
+/// Failed polls in a row before the plug is reported unavailable.
+const UNAVAILABLE_AFTER: u32 = 2;
+/// Energy counters change slowly: read them every this many polls.
+const ENERGY_EVERY: u32 = 6;
+/// After a credential failure, try again this rarely (or on `get`).
+const CREDENTIALS_RETRY: Duration = Duration::from_secs(3600);
+/// Backoff when the plug says it is rate limited.
+const RATE_LIMIT_BACKOFF: Duration = Duration::from_secs(30);
+/// Backoff cap when the plug is unreachable.
+const BACKOFF_MAX: Duration = Duration::from_secs(60);
+
+/// What the task needs to reach one plug.
+#[derive(Clone)]
+pub struct PlugLink {
+    pub id: String,
+    pub host: String,
+    pub port: u16,
+    pub username: String,
+    pub password: String,
+    pub timeout: Duration,
+    pub poll_interval: Duration,
+}
+
+impl std::fmt::Debug for PlugLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PlugLink")
+            .field("id", &self.id)
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Every field a plug's state object can hold.
+pub fn fields() -> Vec<FieldSpec> {
+    let diag = |key, name| FieldSpec {
+        diagnostic: true,
+        ..FieldSpec::sensor(key, name)
+    };
+    vec![
+        FieldSpec {
+            unit: Some("W"),
+            device_class: Some("power"),
+            state_class: Some("measurement"),
+            precision: Some(1),
+            ..FieldSpec::sensor("power", "Power")
+        },
+        FieldSpec {
+            unit: Some("kWh"),
+            device_class: Some("energy"),
+            state_class: Some("total_increasing"),
+            precision: Some(3),
+            ..FieldSpec::sensor("energy_today", "Energy today")
+        },
+        FieldSpec {
+            unit: Some("kWh"),
+            device_class: Some("energy"),
+            state_class: Some("total_increasing"),
+            precision: Some(3),
+            ..FieldSpec::sensor("energy_month", "Energy this month")
+        },
+        FieldSpec {
+            device_class: Some("heat"),
+            kind: FieldKind::Binary,
+            ..diag("overheated", "Overheated")
+        },
+        FieldSpec {
+            unit: Some("s"),
+            device_class: Some("duration"),
+            state_class: Some("measurement"),
+            ..diag("on_time", "On time")
+        },
+        FieldSpec {
+            unit: Some("dBm"),
+            device_class: Some("signal_strength"),
+            state_class: Some("measurement"),
+            ..diag("rssi", "Signal strength")
+        },
+        diag("firmware", "Firmware"),
+    ]
+}
+
+/// Which fields a plug without metering (P100) publishes.
+pub fn fields_without_metering() -> Vec<FieldSpec> {
+    fields()
+        .into_iter()
+        .filter(|f| !matches!(f.key, "power" | "energy_today" | "energy_month"))
+        .collect()
+}
+
+fn info_values(info: &DeviceInfo) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert(
+        "state".into(),
+        (if info.device_on { "ON" } else { "OFF" }).into(),
+    );
+    m.insert("overheated".into(), info.overheated.unwrap_or(false).into());
+    m.insert(
+        "on_time".into(),
+        info.on_time_s.map(Value::from).unwrap_or(Value::Null),
+    );
+    m.insert(
+        "rssi".into(),
+        info.rssi.map(Value::from).unwrap_or(Value::Null),
+    );
+    if let Some(fw) = &info.fw_ver {
+        m.insert("firmware".into(), fw.clone().into());
+    }
+    if let Some(model) = &info.model {
+        m.insert("model".into(), model.clone().into());
+    }
+    m
+}
+
+fn round(v: f64, decimals: i32) -> f64 {
+    let f = 10f64.powi(decimals);
+    (v * f).round() / f
+}
+
+fn energy_values(e: &EnergyUsage, m: &mut Map<String, Value>) {
+    if let Some(p) = e.current_power_w {
+        m.insert("power".into(), round(p, 1).into());
+    }
+    if let Some(wh) = e.today_energy_wh {
+        m.insert("energy_today".into(), round(wh / 1000.0, 3).into());
+    }
+    if let Some(wh) = e.month_energy_wh {
+        m.insert("energy_month".into(), round(wh / 1000.0, 3).into());
+    }
+}
+
+fn identity(info: &DeviceInfo) -> Identity {
+    Identity {
+        manufacturer: Some("TP-Link".into()),
+        model: info.model.clone(),
+        serial_number: info.mac.clone(),
+        sw_version: info.fw_ver.clone(),
+        hw_version: info.hw_ver.clone(),
+    }
+}
+
+/// Starts the task for one plug.
+pub fn spawn(
+    link: PlugLink,
+    events: mpsc::Sender<DriverEvent>,
+    shutdown: CancellationToken,
+) -> DriverHandle {
+    let (tx, rx) = mpsc::channel(8);
+    let span = tracing::info_span!("plug", id = %link.id);
+    tokio::spawn(run(link, events, rx, shutdown).instrument(span));
+    DriverHandle { commands: tx }
+}
+
+struct Plug {
+    id: String,
+    client: PlugClient,
+    events: mpsc::Sender<DriverEvent>,
+    online: Option<bool>,
+    failures: u32,
+    polls: u32,
+    metering: Option<bool>,
+    identity: Option<Identity>,
+    last_problem: Option<String>,
+    /// The last known relay state, for TOGGLE.
+    device_on: Option<bool>,
+}
+
+impl Plug {
+    async fn send(&self, ev: DriverEvent) {
+        let _ = self.events.send(ev).await;
+    }
+
+    async fn set_online(&mut self, online: bool) {
+        if self.online != Some(online) {
+            self.online = Some(online);
+            self.send(DriverEvent::Availability {
+                device: self.id.clone(),
+                online,
+            })
+            .await;
+        }
+    }
+
+    /// Reads the plug (state always, power/energy when it meters) and
+    /// publishes it.
+    async fn poll(&mut self) -> Result<(), TapoError> {
+        let info = self.client.get_device_info().await?;
+        self.device_on = Some(info.device_on);
+        let mut values = info_values(&info);
+        let metering_model = info.model.as_deref().map(|m| !super::is_unmetered(m));
+        if self.metering != Some(false) && metering_model != Some(false) {
+            let energy_due = self.polls % ENERGY_EVERY == 0 || self.metering.is_none();
+            if energy_due {
+                match self.client.get_energy_usage().await? {
+                    Some(e) => {
+                        self.metering = Some(true);
+                        energy_values(&e, &mut values);
+                    }
+                    None => self.metering = Some(false),
+                }
+            } else if let Some(p) = self.client.get_current_power().await? {
+                values.insert("power".into(), p.into());
+            }
+        } else {
+            self.metering = Some(false);
+        }
+        self.polls = self.polls.wrapping_add(1);
+        let id = identity(&info);
+        if self.identity.as_ref() != Some(&id) {
+            self.identity = Some(id.clone());
+            self.send(DriverEvent::Identity {
+                device: self.id.clone(),
+                info: id,
+            })
+            .await;
+        }
+        self.failures = 0;
+        self.last_problem = None;
+        self.set_online(true).await;
+        self.send(DriverEvent::Readings {
+            device: self.id.clone(),
+            values,
+        })
+        .await;
+        Ok(())
+    }
+
+    async fn switch(&mut self, state: SwitchState) -> Result<(), TapoError> {
+        let on = match state {
+            SwitchState::On => true,
+            SwitchState::Off => false,
+            SwitchState::Toggle => match self.device_on {
+                Some(current) => !current,
+                None => !self.client.get_device_info().await?.device_on,
+            },
+        };
+        self.client.set_on(on).await?;
+        tracing::info!(on, "plug switched");
+        Ok(())
+    }
+
+    /// What a failed poll means; returns how long to wait before the next.
+    async fn failed(&mut self, e: TapoError, interval: Duration, backoff: &mut Duration) -> Duration {
+        self.failures += 1;
+        let message = e.to_string();
+        if e.needs_user() {
+            if self.last_problem.as_deref() != Some(message.as_str()) {
+                tracing::error!(%message, "plug cannot be used");
+                self.send(DriverEvent::Problem {
+                    device: self.id.clone(),
+                    message: message.clone(),
+                })
+                .await;
+            }
+            self.last_problem = Some(message);
+            self.set_online(false).await;
+            return CREDENTIALS_RETRY;
+        }
+        if self.failures == 1 || self.failures == UNAVAILABLE_AFTER {
+            tracing::warn!(error = %message, failures = self.failures, "plug poll failed");
+        } else {
+            tracing::debug!(error = %message, failures = self.failures, "plug poll failed");
+        }
+        if self.failures >= UNAVAILABLE_AFTER {
+            self.set_online(false).await;
+        }
+        if e.is_rate_limit() {
+            return RATE_LIMIT_BACKOFF.max(interval);
+        }
+        if self.failures >= UNAVAILABLE_AFTER {
+            let d = (*backoff).max(interval);
+            *backoff = (*backoff * 2).min(BACKOFF_MAX.max(interval));
+            return d;
+        }
+        interval
+    }
+}
+
+async fn run(
+    link: PlugLink,
+    events: mpsc::Sender<DriverEvent>,
+    mut commands: mpsc::Receiver<DeviceCommand>,
+    shutdown: CancellationToken,
+) {
+    let interval = link.poll_interval;
+    let mut plug = Plug {
+        id: link.id.clone(),
+        client: PlugClient::new(
+            &link.host,
+            link.port,
+            &link.username,
+            &link.password,
+            link.timeout,
+        ),
+        events,
+        online: None,
+        failures: 0,
+        polls: 0,
+        metering: None,
+        identity: None,
+        last_problem: None,
+        device_on: None,
+    };
+    let mut backoff = interval;
+    let mut next = Instant::now();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep_until(next) => {}
+            cmd = commands.recv() => match cmd {
+                None => break,
+                Some(DeviceCommand::Refresh) => {}
+                Some(DeviceCommand::Set { state, mode }) => {
+                    if mode.is_some() {
+                        plug.send(DriverEvent::CommandFailed {
+                            device: plug.id.clone(),
+                            reason: "plug modes (auto/on/off) arrive with the balancer; only state is accepted for now".into(),
+                        }).await;
+                    }
+                    if let Some(state) = state {
+                        if let Err(e) = plug.switch(state).await {
+                            plug.send(DriverEvent::CommandFailed {
+                                device: plug.id.clone(),
+                                reason: format!("switching failed: {e}"),
+                            }).await;
+                        }
+                    }
+                    // Read back at once: Home Assistant shows the plug's
+                    // real state, whether the command worked or not.
+                }
+            },
+        }
+        let started = Instant::now();
+        let delay = match plug.poll().await {
+            Ok(()) => {
+                backoff = interval;
+                interval
+            }
+            Err(e) => plug.failed(e, interval, &mut backoff).await,
+        };
+        next = started + delay;
+    }
+}

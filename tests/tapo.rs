@@ -1,0 +1,300 @@
+//! The bridge switching simulated Tapo plugs through the real KLAP client,
+//! commanded over a real broker: switching, read-back, session expiry,
+//! wrong credentials, unreachable plugs.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use energy2mqtt::sim::tapo::{Flavour, Load, TapoSim};
+use support::*;
+
+const USER: &str = "plugs@example.com";
+const PASS: &str = "correct horse";
+
+async fn plug(flavour: Flavour, load: Load) -> TapoSim {
+    TapoSim::start(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        flavour,
+        load,
+        USER,
+        PASS,
+    )
+    .await
+    .expect("plug simulator")
+}
+
+fn plug_toml(id: &str, port: u16, extra: &str) -> String {
+    format!(
+        r#"
+[[plug]]
+id = "{id}"
+host = "127.0.0.1"
+port = {port}
+poll_interval = "1s"
+{extra}
+"#
+    )
+}
+
+fn config(plugs: &str) -> String {
+    format!("[tapo]\nemail = \"{USER}\"\npassword = \"{PASS}\"\ntimeout = \"1s\"\n{plugs}")
+}
+
+fn state_of(id: &'static str) -> impl Fn(&Msg) -> bool {
+    move |m: &Msg| m.topic == format!("energy2mqtt/{id}")
+}
+
+fn availability(id: &'static str, online: bool) -> impl Fn(&Msg) -> bool {
+    let want = if online { "online" } else { "offline" };
+    move |m: &Msg| m.topic == format!("energy2mqtt/{id}/availability") && m.json()["state"] == want
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_commands_switch_plugs_and_the_state_follows() {
+    let broker = Broker::start(BrokerKind::Embedded);
+    let boiler = plug(Flavour::P110, Load::Boiler { watts: 2000.0 }).await;
+    let lamp = plug(Flavour::P100, Load::Constant { watts: 60.0 }).await;
+    boiler.set_on(false);
+    lamp.set_on(true);
+    let toml = config(&format!(
+        "{}{}",
+        plug_toml("boiler", boiler.addr.port(), ""),
+        plug_toml("lamp", lamp.addr.port(), "nominal_w = 60.0")
+    ));
+    let mut client = Client::connect(
+        broker.port,
+        &[
+            "energy2mqtt/boiler",
+            "energy2mqtt/lamp",
+            "energy2mqtt/+/availability",
+            "energy2mqtt/bridge/event",
+            "homeassistant/+/boiler/+/config",
+            "homeassistant/+/lamp/+/config",
+        ],
+    )
+    .await;
+    let mut bridge = Bridge::start(&broker.url(), &toml, &[]);
+
+    let s = client
+        .expect(Duration::from_secs(10), state_of("boiler"))
+        .await
+        .expect("boiler state")
+        .json();
+    assert_eq!(s["state"], "OFF", "{s}");
+    assert_eq!(s["power"], 0.0, "{s}");
+    let s = client
+        .expect(Duration::from_secs(10), state_of("lamp"))
+        .await
+        .expect("lamp state")
+        .json();
+    assert_eq!(s["state"], "ON", "{s}");
+    assert!(s.get("power").is_none(), "a P100 has no metering: {s}");
+
+    // JSON command: the plug switches and the state follows within 1 s.
+    client.drain();
+    let sent = tokio::time::Instant::now();
+    client
+        .publish("energy2mqtt/boiler/set", r#"{"state":"ON"}"#, false)
+        .await;
+    let s = client
+        .expect(Duration::from_secs(3), |m| {
+            state_of("boiler")(m) && m.json()["state"] == "ON"
+        })
+        .await
+        .expect("boiler ON published");
+    assert!(
+        sent.elapsed() < Duration::from_secs(1),
+        "read back took {:?}",
+        sent.elapsed()
+    );
+    assert!(boiler.is_on());
+    assert!(
+        s.json()["power"].as_f64().is_some_and(|p| p > 1500.0),
+        "{}",
+        s.json()
+    );
+
+    // Bare payload.
+    client.publish("energy2mqtt/lamp/set", "OFF", false).await;
+    client
+        .expect(Duration::from_secs(3), |m| {
+            state_of("lamp")(m) && m.json()["state"] == "OFF"
+        })
+        .await
+        .expect("lamp OFF published");
+    assert!(!lamp.is_on());
+
+    // Someone presses the button on the plug: the next poll shows it.
+    boiler.set_on(false);
+    client
+        .expect(Duration::from_secs(3), |m| {
+            state_of("boiler")(m) && m.json()["state"] == "OFF"
+        })
+        .await
+        .expect("a manual switch shows up");
+
+    // Discovery: a switch and metering entities on the P110, none on the
+    // P100 once it has said what it is.
+    let msgs = client.collect(Duration::from_secs(1)).await;
+    let mut configs = std::collections::BTreeMap::new();
+    for m in msgs
+        .iter()
+        .filter(|m| m.topic.starts_with("homeassistant/"))
+    {
+        configs.insert(m.topic.clone(), m.payload.clone());
+    }
+    let live = |t: &str| configs.get(t).is_some_and(|p| !p.is_empty());
+    assert!(live("homeassistant/switch/boiler/switch/config"));
+    assert!(live("homeassistant/sensor/boiler/power/config"));
+    assert!(live("homeassistant/sensor/boiler/energy_today/config"));
+    assert!(live("homeassistant/switch/lamp/switch/config"));
+    assert!(
+        !live("homeassistant/sensor/lamp/power/config"),
+        "the P100's power entity is cleared"
+    );
+    let sw: serde_json::Value =
+        serde_json::from_slice(&configs["homeassistant/switch/boiler/switch/config"])
+            .unwrap_or_default();
+    assert_eq!(sw["command_topic"], "energy2mqtt/boiler/set");
+    assert_eq!(sw["device"]["manufacturer"], "TP-Link");
+
+    // One session per plug for all of this.
+    assert_eq!(boiler.handshakes(), 1, "one handshake, reused");
+    assert!(bridge.is_running());
+    assert_eq!(bridge.terminate(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_expiry_is_invisible_and_offline_plugs_come_back() {
+    let broker = Broker::start(BrokerKind::Embedded);
+    let heater = plug(Flavour::P110, Load::Heater { watts: 1500.0 }).await;
+    heater.knobs.session_ttl_s.store(2, Ordering::Relaxed);
+    let toml = config(&plug_toml("heater", heater.addr.port(), ""));
+    let mut client = Client::connect(
+        broker.port,
+        &[
+            "energy2mqtt/heater",
+            "energy2mqtt/heater/availability",
+            "energy2mqtt/bridge/event",
+        ],
+    )
+    .await;
+    let mut bridge = Bridge::start(&broker.url(), &toml, &[]);
+    client
+        .expect(Duration::from_secs(10), availability("heater", true))
+        .await
+        .expect("online");
+    // Several session lifetimes: every poll still answered, no error.
+    let msgs = client.collect(Duration::from_secs(7)).await;
+    assert!(
+        !msgs.iter().any(|m| availability("heater", false)(m)),
+        "expiry made the plug unavailable; log:\n{}",
+        bridge.log_text()
+    );
+    assert!(!msgs.iter().any(|m| m.topic == "energy2mqtt/bridge/event"));
+    let states = msgs.iter().filter(|m| state_of("heater")(m)).count();
+    assert!(states >= 5, "only {states} states in 7 s");
+    let hs = heater.handshakes();
+    assert!((3..=6).contains(&hs), "{hs} handshakes for ~3 expiries");
+
+    // Unreachable: offline after a couple of polls, back on its own.
+    heater.knobs.offline.store(true, Ordering::Relaxed);
+    client
+        .expect(Duration::from_secs(10), availability("heater", false))
+        .await
+        .expect("marked offline");
+    heater.knobs.offline.store(false, Ordering::Relaxed);
+    client
+        .expect(Duration::from_secs(15), availability("heater", true))
+        .await
+        .expect("back online");
+
+    // A command that cannot be carried out: an error event naming the plug
+    // and the reason, and the switch state stays what the plug says.
+    heater.knobs.rate_limited.store(true, Ordering::Relaxed);
+    client.drain();
+    client.publish("energy2mqtt/heater/set", "ON", false).await;
+    let ev = client
+        .expect(Duration::from_secs(5), |m| {
+            m.topic == "energy2mqtt/bridge/event"
+        })
+        .await
+        .expect("command error event")
+        .json();
+    assert_eq!(ev["type"], "command_error");
+    assert_eq!(ev["device"], "heater");
+    assert!(
+        ev["error"].as_str().is_some_and(|e| e.contains("rate")),
+        "{ev}"
+    );
+    assert!(!heater.is_on());
+    heater.knobs.rate_limited.store(false, Ordering::Relaxed);
+    assert!(bridge.is_running());
+    assert_eq!(bridge.terminate(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_credentials_are_reported_once_without_a_login_storm() {
+    let broker = Broker::start(BrokerKind::Embedded);
+    let fridge = plug(
+        Flavour::P110,
+        Load::Fridge {
+            watts: 120.0,
+            on_s: 600.0,
+            off_s: 1200.0,
+        },
+    )
+    .await;
+    fridge
+        .knobs
+        .wrong_credentials
+        .store(true, Ordering::Relaxed);
+    let tpap = plug(Flavour::P110, Load::Constant { watts: 10.0 }).await;
+    tpap.knobs.klap_disabled.store(true, Ordering::Relaxed);
+    let toml = config(&format!(
+        "{}{}",
+        plug_toml("fridge", fridge.addr.port(), ""),
+        plug_toml("tpap", tpap.addr.port(), "")
+    ));
+    let mut client = Client::connect(
+        broker.port,
+        &["energy2mqtt/bridge/event", "energy2mqtt/+/availability"],
+    )
+    .await;
+    let mut bridge = Bridge::start(&broker.url(), &toml, &[]);
+    let msgs = client.collect(Duration::from_secs(6)).await;
+    let errors: Vec<_> = msgs
+        .iter()
+        .filter(|m| m.topic == "energy2mqtt/bridge/event" && m.json()["type"] == "device_error")
+        .map(|m| m.json())
+        .collect();
+    for id in ["fridge", "tpap"] {
+        let mine: Vec<_> = errors.iter().filter(|e| e["device"] == id).collect();
+        assert_eq!(mine.len(), 1, "{id}: {errors:?}");
+        let text = mine[0]["error"].as_str().unwrap_or_default();
+        assert!(
+            text.contains("Third-Party Compatibility") && text.contains("password"),
+            "{text}"
+        );
+        assert!(
+            msgs.iter().any(|m| availability(id, false)(m)),
+            "{id} not marked offline"
+        );
+    }
+    // Six poll intervals, one attempt each: no storm.
+    assert_eq!(
+        fridge.handshakes(),
+        1,
+        "credential failures are not retried in a loop"
+    );
+    assert_eq!(tpap.handshakes(), 1);
+    assert!(bridge.log_text().contains("Third-Party Compatibility"));
+    assert!(
+        !bridge.log_text().contains(PASS),
+        "the password leaked into the log"
+    );
+    assert_eq!(bridge.terminate(), Some(0));
+}
