@@ -4,3 +4,4 @@ pub mod demo;
 pub mod deye_model;
 pub mod modbus;
 pub mod solarman;
+pub mod tapo;

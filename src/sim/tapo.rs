@@ -220,6 +220,7 @@ struct Identity {
     fw_id: String,
     oem_id: String,
     ip: String,
+    port: u16,
 }
 
 impl Identity {
@@ -249,6 +250,7 @@ impl Identity {
             oem_id: hex_id(&["energy2mqtt sim oem", model], 32),
             mac,
             ip: addr.ip().to_string(),
+            port: addr.port(),
         }
     }
 }
@@ -628,20 +630,12 @@ impl Shared {
             result.insert("mac".into(), self.identity.mac.replace('-', "").into());
             result.insert(
                 "tpap".into(),
-                json!({ "tls": 0, "dac": 0, "noc": 0, "pake": [2], "port": self.identity_port() }),
+                json!({ "tls": 0, "dac": 0, "noc": 0, "pake": [2], "port": self.identity.port }),
             );
         } else {
             result.insert("tpap_preferred".into(), false.into());
         }
         Response::json(json!({ "error_code": 0, "result": result }))
-    }
-
-    fn identity_port(&self) -> u16 {
-        let mac = &self.identity.mac;
-        // The port is encoded in the MAC's last two bytes; re-deriving it
-        // avoids storing the address twice.
-        let hex: String = mac.rsplitn(3, '-').take(2).collect::<Vec<_>>().into_iter().rev().collect();
-        u16::from_str_radix(&hex, 16).unwrap_or(80)
     }
 
     // ---- KLAP ----------------------------------------------------------
@@ -1308,6 +1302,22 @@ async fn pause(ms: u64, knobs: &Knobs) -> bool {
     }
 }
 
+/// Reads and discards what the peer still sends after our last answer
+/// (the body of a refused request, say): closing a socket with unread data
+/// makes the kernel send a reset, which can destroy the answer before the
+/// client has read it.
+async fn linger(sock: &mut TcpStream) {
+    let mut sink = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
+    let mut left = 4 * MAX_BODY;
+    while left > 0 {
+        match tokio::time::timeout_at(deadline, sock.read(&mut sink)).await {
+            Ok(Ok(n)) if n > 0 => left = left.saturating_sub(n),
+            _ => return,
+        }
+    }
+}
+
 async fn serve(mut sock: TcpStream, shared: &Shared) -> std::io::Result<()> {
     let knobs = &shared.knobs;
     let _ = sock.set_nodelay(true);
@@ -1334,6 +1344,7 @@ async fn serve(mut sock: TcpStream, shared: &Shared) -> std::io::Result<()> {
         sock.write_all(&response.encode(close)).await?;
         if close {
             let _ = sock.shutdown().await;
+            linger(&mut sock).await;
             return Ok(());
         }
     }

@@ -82,6 +82,11 @@ pub fn fields() -> Vec<FieldSpec> {
             ..diag("overheated", "Overheated")
         },
         FieldSpec {
+            device_class: Some("problem"),
+            kind: FieldKind::Binary,
+            ..diag("overloaded", "Overloaded")
+        },
+        FieldSpec {
             unit: Some("s"),
             device_class: Some("duration"),
             state_class: Some("measurement"),
@@ -112,6 +117,11 @@ fn info_values(info: &DeviceInfo) -> Map<String, Value> {
         (if info.device_on { "ON" } else { "OFF" }).into(),
     );
     m.insert("overheated".into(), info.overheated.unwrap_or(false).into());
+    // P110 power protection: "overloaded" when it cut the load off.
+    m.insert(
+        "overloaded".into(),
+        (info.power_protection.as_deref() == Some("overloaded")).into(),
+    );
     m.insert(
         "on_time".into(),
         info.on_time_s.map(Value::from).unwrap_or(Value::Null),
