@@ -94,7 +94,8 @@ fn spawn_drivers(
     }
     for plug in &config.plug {
         let link = crate::drivers::tapo::link_for(config, plug);
-        let handle = crate::drivers::tapo::task::spawn(link, events.clone(), shutdown.child_token());
+        let handle =
+            crate::drivers::tapo::task::spawn(link, events.clone(), shutdown.child_token());
         out.insert(plug.id.clone(), handle);
     }
     out

@@ -138,7 +138,17 @@ async fn mqtt_commands_switch_plugs_and_the_state_follows() {
 
     // Discovery: a switch and metering entities on the P110, none on the
     // P100 once it has said what it is.
-    let msgs = client.collect(Duration::from_secs(1)).await;
+    // What a Home Assistant starting now would see: the retained configs
+    // (cleared ones are gone).
+    let mut ha = Client::connect(
+        broker.port,
+        &[
+            "homeassistant/+/boiler/+/config",
+            "homeassistant/+/lamp/+/config",
+        ],
+    )
+    .await;
+    let msgs = ha.collect(Duration::from_secs(1)).await;
     let mut configs = std::collections::BTreeMap::new();
     for m in msgs
         .iter()
@@ -194,7 +204,13 @@ async fn session_expiry_is_invisible_and_offline_plugs_come_back() {
         "expiry made the plug unavailable; log:\n{}",
         bridge.log_text()
     );
-    assert!(!msgs.iter().any(|m| m.topic == "energy2mqtt/bridge/event"));
+    let events: Vec<_> = msgs
+        .iter()
+        .filter(|m| m.topic == "energy2mqtt/bridge/event")
+        .map(|m| m.json())
+        .filter(|e| e["type"] != "device_connected")
+        .collect();
+    assert!(events.is_empty(), "{events:?}; log:\n{}", bridge.log_text());
     let states = msgs.iter().filter(|m| state_of("heater")(m)).count();
     assert!(states >= 5, "only {states} states in 7 s");
     let hs = heater.handshakes();
@@ -214,12 +230,19 @@ async fn session_expiry_is_invisible_and_offline_plugs_come_back() {
 
     // A command that cannot be carried out: an error event naming the plug
     // and the reason, and the switch state stays what the plug says.
+    heater.set_on(false);
+    client
+        .expect(Duration::from_secs(5), |m| {
+            state_of("heater")(m) && m.json()["state"] == "OFF"
+        })
+        .await
+        .expect("heater off");
     heater.knobs.rate_limited.store(true, Ordering::Relaxed);
     client.drain();
     client.publish("energy2mqtt/heater/set", "ON", false).await;
     let ev = client
         .expect(Duration::from_secs(5), |m| {
-            m.topic == "energy2mqtt/bridge/event"
+            m.topic == "energy2mqtt/bridge/event" && m.json()["type"] == "command_error"
         })
         .await
         .expect("command error event")
@@ -231,6 +254,14 @@ async fn session_expiry_is_invisible_and_offline_plugs_come_back() {
         "{ev}"
     );
     assert!(!heater.is_on());
+    // Nothing claims it is on.
+    let after = client.collect(Duration::from_secs(2)).await;
+    assert!(
+        !after
+            .iter()
+            .any(|m| state_of("heater")(m) && m.json()["state"] == "ON"),
+        "HA was told the plug is on"
+    );
     heater.knobs.rate_limited.store(false, Ordering::Relaxed);
     assert!(bridge.is_running());
     assert_eq!(bridge.terminate(), Some(0));

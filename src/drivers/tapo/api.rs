@@ -232,11 +232,15 @@ pub fn parse_response(body: &[u8]) -> Result<Value, ApiError> {
     envelope_result(&parse_object(body)?)
 }
 
+/// One entry of a multipleRequest reply: the method it answers and its
+/// result or device error.
+pub type BatchEntry = (String, Result<Value, ApiError>);
+
 /// For multipleRequest replies: per-method results, each Ok(result) or
 /// Err(ApiError::Device{..}). A non-zero outer error_code (e.g. -1003 from a
 /// P100 that dislikes batches) fails the whole call so the caller can fall
 /// back to single requests.
-pub fn parse_multiple(body: &[u8]) -> Result<Vec<(String, Result<Value, ApiError>)>, ApiError> {
+pub fn parse_multiple(body: &[u8]) -> Result<Vec<BatchEntry>, ApiError> {
     let result = parse_response(body)?;
     let responses = match result.get("responses") {
         None => return Err(ApiError::MissingField("responses")),
@@ -911,5 +915,318 @@ mod tests {
         assert_eq!(infos, tables_seen);
         assert!(energies >= 10, "{energies} energy fixtures");
         assert!(powers >= 8, "{powers} current-power fixtures");
+    }
+}
+
+/// Robustness of the whole receive path (KLAP decrypt, then JSON parse)
+/// against hostile or corrupted bytes.
+///
+/// Generated inputs: 1,000,000 KLAP bodies + 100,000 mutated JSON replies in
+/// the xorshift loops, 4 × 1,500 proptest cases here and 2 × 1,500 in
+/// klap.rs: 1,109,000 in all. The bulk runs on a deterministic xorshift
+/// because proptest manages only ~10-20k cases/s in a debug build.
+/// failure_persistence is off so a failure does not write a
+/// proptest-regressions file into the source tree.
+#[cfg(test)]
+mod fuzz {
+    use super::super::klap::{self, Session};
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    struct XorShift(u64);
+
+    impl XorShift {
+        fn next(&mut self) -> u64 {
+            let mut x = self.0;
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            self.0 = x;
+            x
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+
+        /// JSON punctuation and digits half the time, so mutations tend to
+        /// produce almost-valid documents rather than rejected first bytes.
+        fn byte(&mut self) -> u8 {
+            const HOT: &[u8] = b"{}[]\",:-0123456789.eEtrufalsn \\";
+            let r = self.next();
+            if r & 1 == 0 {
+                HOT[((r >> 1) % HOT.len() as u64) as usize]
+            } else {
+                (r >> 8) as u8
+            }
+        }
+    }
+
+    /// Our own replies in the shapes the plug uses (values made up).
+    fn templates() -> Vec<Vec<u8>> {
+        [
+            r#"{"error_code":0,"result":{"device_on":true,"on_time":3600,"model":"P110","fw_ver":"1.0.0 Build 1","hw_ver":"1.0","mac":"AA-BB-CC-DD-EE-FF","device_id":"00","nickname":"S8O8Y2hl","rssi":-50,"signal_level":2,"overheated":false,"overheat_status":"normal","power_protection_status":"normal","overcurrent_status":"normal"}}"#,
+            r#"{"error_code":0,"result":{"current_power":12345,"today_energy":10,"month_energy":200,"today_runtime":30,"month_runtime":900,"local_time":"2020-01-01 00:00:00","electricity_charge":[0,0,0]}}"#,
+            r#"{"error_code":0,"result":{"current_power":12}}"#,
+            r#"{"error_code":0,"result":{"responses":[{"method":"get_device_info","error_code":0,"result":{"device_on":false}},{"method":"get_energy_usage","error_code":0,"result":{"current_power":1}},{"method":"get_x","error_code":-1002}]}}"#,
+            r#"{"error_code":-1501}"#,
+            r#"{"error_code":0}"#,
+        ]
+        .iter()
+        .map(|s| s.as_bytes().to_vec())
+        .collect()
+    }
+
+    fn mutate(rng: &mut XorShift, buf: &mut Vec<u8>) {
+        for _ in 0..1 + rng.below(4) {
+            let len = buf.len();
+            match rng.below(6) {
+                0 | 1 if len > 0 => {
+                    let i = rng.below(len);
+                    buf[i] = rng.byte();
+                }
+                2 if len > 0 => {
+                    let i = rng.below(len);
+                    let n = rng.below(8).min(len - i);
+                    buf.drain(i..i + n);
+                }
+                3 => {
+                    let i = rng.below(len + 1);
+                    buf.insert(i, rng.byte());
+                }
+                4 if len > 0 => {
+                    let i = rng.below(len);
+                    let n = rng.below(24).min(len - i);
+                    let chunk = buf[i..i + n].to_vec();
+                    let at = rng.below(len + 1);
+                    buf.splice(at..at, chunk);
+                }
+                _ => buf.truncate(rng.below(len + 1)),
+            }
+        }
+    }
+
+    /// Everything a client does with a decrypted reply; returns whether
+    /// some parser accepted it, so the loops can check they reach the deep
+    /// paths.
+    fn parse_all(plain: &[u8]) -> bool {
+        let mut accepted = false;
+        if let Ok(result) = parse_response(plain) {
+            accepted |= parse_device_info(&result).is_ok();
+            accepted |= parse_energy_usage(&result).is_ok();
+            accepted |= parse_current_power(&result).is_ok();
+        }
+        if let Ok(entries) = parse_multiple(plain) {
+            accepted = true;
+            for (_, r) in entries {
+                if let Ok(v) = r {
+                    let _ = parse_device_info(&v);
+                    let _ = parse_energy_usage(&v);
+                }
+            }
+        }
+        accepted
+    }
+
+    fn session() -> Session {
+        Session::new(&[1; 16], &[2; 16], &klap::auth_hash("fuzz", "fuzz"))
+    }
+
+    /// 1,000,000 bodies through decrypt, and every plaintext that passes the
+    /// padding check through all parsers: random bodies of every length,
+    /// random block-aligned bodies, and real encrypted replies with flipped,
+    /// replaced or cut ciphertext bytes (which decrypt to partly valid JSON).
+    /// The expensive last kind (~40 µs each in a debug build) is 5 % of the
+    /// mix to keep the loop at ~3.5 s.
+    #[test]
+    fn a_million_bodies_through_decrypt_and_parse() {
+        const BODIES: usize = 1_000_000;
+        let mut rng = XorShift(0x2545_F491_4F6C_DD1D);
+        let s = session();
+        let seq = 17;
+        // Encrypting costs a SHA-256 each, so build the pools once and
+        // corrupt copies.
+        let originals: Vec<Vec<u8>> = templates().iter().map(|t| s.encrypt(seq, t)).collect();
+        let mutated: Vec<Vec<u8>> = templates()
+            .iter()
+            .flat_map(|t| {
+                let mut r = XorShift(t.len() as u64 | 1);
+                (0..20)
+                    .map(|_| {
+                        let mut m = t.clone();
+                        mutate(&mut r, &mut m);
+                        s.encrypt(seq, &m)
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let (mut decrypted, mut accepted, mut rejected) = (0u64, 0u64, 0u64);
+        let mut body = Vec::with_capacity(512);
+        for _ in 0..BODIES {
+            body.clear();
+            match rng.below(20) {
+                0..=11 => {
+                    for _ in 0..rng.below(120) {
+                        body.push(rng.next() as u8);
+                    }
+                }
+                12..=18 => {
+                    for _ in 0..32 + 16 * rng.below(3) {
+                        body.push(rng.next() as u8);
+                    }
+                }
+                _ => {
+                    let pool = if rng.below(2) == 0 {
+                        &originals
+                    } else {
+                        &mutated
+                    };
+                    body.extend_from_slice(&pool[rng.below(pool.len())]);
+                    let len = body.len();
+                    match rng.below(4) {
+                        0 => {}
+                        // Last block only: exercises the padding check.
+                        1 => body[len - 1 - rng.below(16)] ^= 1 << rng.below(8),
+                        2 => {
+                            let i = 32 + rng.below(len - 32);
+                            body[i] = rng.next() as u8;
+                        }
+                        _ => body.truncate(rng.below(len + 1)),
+                    }
+                }
+            }
+            let seq = if rng.below(20) == 0 {
+                rng.next() as i32
+            } else {
+                seq
+            };
+            match s.decrypt(seq, &body) {
+                Ok(plain) => {
+                    decrypted += 1;
+                    if parse_all(&plain) {
+                        accepted += 1;
+                    }
+                }
+                Err(_) => rejected += 1,
+            }
+        }
+        assert_eq!(decrypted + rejected, BODIES as u64);
+        // The generator reaches both sides of every check.
+        assert!(decrypted > 10_000, "{decrypted} decrypted");
+        assert!(accepted > 2_000, "{accepted} accepted by a parser");
+        assert!(rejected > 800_000, "{rejected} rejected");
+    }
+
+    /// 100,000 mutated plaintext replies straight into the parsers.
+    #[test]
+    fn mutated_replies_never_panic_the_parsers() {
+        const REPLIES: usize = 100_000;
+        let mut rng = XorShift(0x9E37_79B9_7F4A_7C15);
+        let templates = templates();
+        let mut accepted = 0u64;
+        let mut buf = Vec::with_capacity(512);
+        for _ in 0..REPLIES {
+            buf.clear();
+            buf.extend_from_slice(&templates[rng.below(templates.len())]);
+            mutate(&mut rng, &mut buf);
+            if parse_all(&buf) {
+                accepted += 1;
+            }
+        }
+        assert!(accepted > 5_000, "{accepted} accepted");
+    }
+
+    /// JSON values biased towards the field names we read, so the tolerant
+    /// decoders see wrong types in the fields they care about.
+    fn json_value() -> impl Strategy<Value = Value> {
+        const KEYS: &[&str] = &[
+            "error_code",
+            "result",
+            "responses",
+            "method",
+            "device_on",
+            "on_time",
+            "model",
+            "nickname",
+            "rssi",
+            "signal_level",
+            "overheated",
+            "overheat_status",
+            "power_protection_status",
+            "current_power",
+            "today_energy",
+            "month_runtime",
+            "x",
+        ];
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            (-3i64..3).prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<f64>().prop_map(Value::from),
+            "[a-zA-Z0-9+/=\\PC]{0,12}".prop_map(Value::String),
+            Just(Value::String("normal".into())),
+        ];
+        leaf.prop_recursive(4, 48, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                proptest::collection::vec((proptest::sample::select(KEYS), inner), 0..8).prop_map(
+                    |kv| {
+                        Value::Object(kv.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
+                    }
+                ),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 1_500, failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..400), seq in any::<i32>()) {
+            parse_all(&bytes);
+            let _ = session().decrypt(seq, &bytes);
+        }
+
+        #[test]
+        fn arbitrary_json_never_panics(v in json_value(), code in prop_oneof![Just(0i64), any::<i64>()]) {
+            let _ = parse_device_info(&v);
+            let _ = parse_energy_usage(&v);
+            let _ = parse_current_power(&v);
+            let as_reply = json!({"error_code": code, "result": v.clone()});
+            let as_batch = json!({"error_code": 0, "result": {"responses": v.clone()}});
+            for doc in [&v, &as_reply, &as_batch] {
+                let bytes = serde_json::to_vec(doc).unwrap();
+                parse_all(&bytes);
+            }
+        }
+
+        #[test]
+        fn device_info_keeps_device_on(on in any::<bool>(), v in json_value()) {
+            let mut obj = match v {
+                Value::Object(m) => m,
+                _ => Map::new(),
+            };
+            obj.insert("device_on".into(), Value::Bool(on));
+            let info = parse_device_info(&Value::Object(obj)).unwrap();
+            prop_assert_eq!(info.device_on, on);
+        }
+
+        #[test]
+        fn encrypted_replies_parse_back(on in any::<bool>(), mw in any::<u32>(), seq in any::<i32>()) {
+            let s = session();
+            let reply = json!({"error_code":0,"result":{"responses":[
+                {"method":"get_device_info","error_code":0,"result":{"device_on":on}},
+                {"method":"get_energy_usage","error_code":0,"result":{"current_power":mw}}]}});
+            let body = s.encrypt(seq, &serde_json::to_vec(&reply).unwrap());
+            prop_assert!(s.verify(seq, &body));
+            let entries = parse_multiple(&s.decrypt(seq, &body).unwrap()).unwrap();
+            let info = parse_device_info(entries[0].1.as_ref().unwrap()).unwrap();
+            let energy = parse_energy_usage(entries[1].1.as_ref().unwrap()).unwrap();
+            prop_assert_eq!(info.device_on, on);
+            prop_assert_eq!(energy.current_power_w, Some(f64::from(mw) / 1000.0));
+        }
     }
 }

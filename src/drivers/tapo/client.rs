@@ -30,9 +30,13 @@ pub const CREDENTIALS_HINT: &str = "check the Tapo e-mail and password (the e-ma
 pub enum TapoError {
     #[error("the plug refused the Tapo credentials: {CREDENTIALS_HINT}")]
     Credentials,
-    #[error("the plug does not accept local KLAP connections (TPAP mode or Third-Party Compatibility off): {CREDENTIALS_HINT}")]
+    #[error(
+        "the plug does not accept local KLAP connections (TPAP mode or Third-Party Compatibility off): {CREDENTIALS_HINT}"
+    )]
     KlapDisabled,
-    #[error("the plug runs legacy firmware (securePassthrough) that energy2mqtt does not speak: update the plug's firmware in the Tapo app")]
+    #[error(
+        "the plug runs legacy firmware (securePassthrough) that energy2mqtt does not speak: update the plug's firmware in the Tapo app"
+    )]
     LegacyFirmware,
     #[error("the plug asks to slow down (rate limited)")]
     RateLimited,
@@ -57,7 +61,13 @@ impl TapoError {
 
     pub fn is_rate_limit(&self) -> bool {
         matches!(self, Self::RateLimited)
-            || matches!(self, Self::Api(ApiError::Device { class: ErrorClass::RateLimited, .. }))
+            || matches!(
+                self,
+                Self::Api(ApiError::Device {
+                    class: ErrorClass::RateLimited,
+                    ..
+                })
+            )
     }
 }
 
@@ -195,7 +205,9 @@ impl PlugClient {
             StatusCode::TOO_MANY_REQUESTS => return Err(TapoError::RateLimited),
             StatusCode::NOT_FOUND => return Err(self.explain_missing_klap().await),
             other => {
-                return Err(TapoError::Protocol(format!("handshake1 answered HTTP {other}")));
+                return Err(TapoError::Protocol(format!(
+                    "handshake1 answered HTTP {other}"
+                )));
             }
         }
         let (remote, server_hash) =
@@ -219,7 +231,9 @@ impl PlugClient {
             StatusCode::TOO_MANY_REQUESTS => return Err(TapoError::RateLimited),
             StatusCode::FORBIDDEN | StatusCode::UNAUTHORIZED => return Err(TapoError::Credentials),
             other => {
-                return Err(TapoError::Protocol(format!("handshake2 answered HTTP {other}")));
+                return Err(TapoError::Protocol(format!(
+                    "handshake2 answered HTTP {other}"
+                )));
             }
         }
         let lifetime = Duration::from_secs(timeout_s.unwrap_or(86_400));
@@ -252,10 +266,15 @@ impl PlugClient {
             return;
         };
         let probe = discovery_probe();
-        if let Err(e) = sock.send_to(&probe, (self.host.as_str(), DISCOVERY_PORT)).await {
+        if let Err(e) = sock
+            .send_to(&probe, (self.host.as_str(), DISCOVERY_PORT))
+            .await
+        {
             tracing::debug!(error = %e, "discovery probe not sent");
         } else {
-            tracing::info!("connection refused: sent a discovery probe to wake the plug's web server");
+            tracing::info!(
+                "connection refused: sent a discovery probe to wake the plug's web server"
+            );
         }
     }
 
@@ -470,7 +489,13 @@ mod tests {
 
     #[test]
     fn debug_shows_no_secrets() {
-        let c = PlugClient::new("127.0.0.1", 80, "me@example.com", "hunter2", Duration::from_secs(1));
+        let c = PlugClient::new(
+            "127.0.0.1",
+            80,
+            "me@example.com",
+            "hunter2",
+            Duration::from_secs(1),
+        );
         let d = format!("{c:?}");
         assert!(d.contains("127.0.0.1"));
         assert!(!d.contains("hunter2") && !d.contains("me@example.com"));

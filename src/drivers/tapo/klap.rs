@@ -450,3 +450,46 @@ mod tests {
         assert_eq!(p("TP_SESSIONID=ÄB"), None);
     }
 }
+
+/// Case counts feed the total in `api.rs`'s `fuzz` module (1,500 each;
+/// failure_persistence off so a failure writes nothing into the source tree).
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 1_500, failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn encrypt_decrypt_round_trip(
+            seeds in any::<([u8; 16], [u8; 16])>(),
+            plain in proptest::collection::vec(any::<u8>(), 0..300),
+            seq in any::<i32>(),
+        ) {
+            let s = Session::new(&seeds.0, &seeds.1, &auth_hash("u", "p"));
+            let body = s.encrypt(seq, &plain);
+            prop_assert_eq!(body.len(), SIGNATURE_LEN + (plain.len() / 16 + 1) * 16);
+            prop_assert!(s.verify(seq, &body));
+            prop_assert_eq!(s.decrypt(seq, &body).unwrap(), plain);
+            prop_assert!(!s.verify(seq.wrapping_add(1), &body));
+        }
+
+        #[test]
+        fn decrypt_and_verify_arbitrary_bodies(
+            body in proptest::collection::vec(any::<u8>(), 0..200),
+            seq in any::<i32>(),
+        ) {
+            let s = Session::new(&[0; 16], &[0; 16], &[0; 32]);
+            match s.decrypt(seq, &body) {
+                Ok(plain) => prop_assert!(plain.len() < body.len() - SIGNATURE_LEN),
+                Err(KlapError::ShortBody { got }) => prop_assert!(got < SIGNATURE_LEN),
+                Err(KlapError::BadLength { got }) => prop_assert!(got == 0 || got % 16 != 0),
+                Err(e) => prop_assert_eq!(e, KlapError::BadPadding),
+            }
+            let _ = s.verify(seq, &body);
+            let _ = parse_handshake1(&body);
+            let _ = parse_session_cookie(&String::from_utf8_lossy(&body));
+        }
+    }
+}

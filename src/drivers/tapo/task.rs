@@ -13,7 +13,7 @@ use tracing::Instrument;
 use super::api::{DeviceInfo, EnergyUsage};
 use super::client::{PlugClient, TapoError};
 use crate::drivers::{DeviceInfo as Identity, DriverEvent, DriverHandle};
-use crate::model::{DeviceCommand, FieldSpec, FieldKind, SwitchState};
+use crate::model::{DeviceCommand, FieldKind, FieldSpec, SwitchState};
 
 /// Failed polls in a row before the plug is reported unavailable.
 const UNAVAILABLE_AFTER: u32 = 2;
@@ -267,7 +267,12 @@ impl Plug {
     }
 
     /// What a failed poll means; returns how long to wait before the next.
-    async fn failed(&mut self, e: TapoError, interval: Duration, backoff: &mut Duration) -> Duration {
+    async fn failed(
+        &mut self,
+        e: TapoError,
+        interval: Duration,
+        backoff: &mut Duration,
+    ) -> Duration {
         self.failures += 1;
         let message = e.to_string();
         if e.needs_user() {
