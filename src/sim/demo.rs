@@ -9,12 +9,14 @@ use anyhow::Context;
 
 use super::deye_model::{InverterModel, ModelConfig, SimTime};
 use super::solarman::SolarmanSim;
+use super::tapo::{Flavour, Load, TapoSim};
 use crate::config::{Config, InverterTransport};
 use crate::drivers::deye::transport::SOLARMAN_PORT;
 
 /// Keeps the simulators running while it lives.
 pub struct DemoDevices {
     pub inverters: Vec<SolarmanSim>,
+    pub plugs: Vec<TapoSim>,
 }
 
 /// Starts a Solarman logger simulator for every solarman inverter on a
@@ -47,5 +49,50 @@ pub async fn start(config: &Config) -> anyhow::Result<DemoDevices> {
         tracing::info!(inverter = %inv.id, %addr, "simulated Solarman logger listening");
         inverters.push(sim);
     }
-    Ok(DemoDevices { inverters })
+    let mut plugs = Vec::new();
+    for plug in &config.plug {
+        let Some(ip) = plug
+            .host
+            .parse::<std::net::IpAddr>()
+            .ok()
+            .filter(|ip| ip.is_loopback())
+        else {
+            continue;
+        };
+        let addr = SocketAddr::new(ip, plug.port.unwrap_or(crate::drivers::tapo::DEFAULT_PORT));
+        let link = crate::drivers::tapo::link_for(config, plug);
+        let (flavour, load) = demo_plug(&plug.id, plug.nominal_w);
+        let sim = TapoSim::start(addr, flavour, load, &link.username, &link.password)
+            .await
+            .with_context(|| format!("simulated plug '{}' on {addr}", plug.id))?;
+        tracing::info!(plug = %plug.id, %addr, ?flavour, "simulated Tapo plug listening");
+        plugs.push(sim);
+    }
+    Ok(DemoDevices { inverters, plugs })
+}
+
+/// What hangs behind a demo plug, from its id; a plug with `nominal_w`
+/// is a P100 (that is what the setting is for).
+fn demo_plug(id: &str, nominal_w: Option<f64>) -> (Flavour, Load) {
+    let flavour = if nominal_w.is_some() {
+        Flavour::P100
+    } else {
+        Flavour::P110
+    };
+    let load = if id.contains("boiler") {
+        Load::Boiler { watts: 2000.0 }
+    } else if id.contains("heater") {
+        Load::Heater { watts: 1500.0 }
+    } else if id.contains("fridge") {
+        Load::Fridge {
+            watts: 120.0,
+            on_s: 900.0,
+            off_s: 1500.0,
+        }
+    } else {
+        Load::Constant {
+            watts: nominal_w.unwrap_or(100.0),
+        }
+    };
+    (flavour, load)
 }

@@ -106,7 +106,12 @@ pub fn fields() -> Vec<FieldSpec> {
 pub fn fields_without_metering() -> Vec<FieldSpec> {
     fields()
         .into_iter()
-        .filter(|f| !matches!(f.key, "power" | "energy_today" | "energy_month"))
+        .filter(|f| {
+            !matches!(
+                f.key,
+                "power" | "energy_today" | "energy_month" | "overloaded"
+            )
+        })
         .collect()
 }
 
