@@ -62,6 +62,10 @@ pub struct Knobs {
     pub latency_ms: AtomicU64,
     /// Every connection is dropped without an answer: an unreachable plug.
     pub offline: AtomicBool,
+    /// Pre-KLAP firmware (securePassthrough): no KLAP endpoints (404), and
+    /// plain JSON on /app is understood (it answers the envelope error a
+    /// passthrough plug gives to a request outside a session).
+    pub legacy_firmware: AtomicBool,
 }
 
 impl Knobs {
@@ -75,6 +79,7 @@ impl Knobs {
             close_after_reply: AtomicBool::new(flavour == Flavour::P100),
             latency_ms: AtomicU64::new(0),
             offline: AtomicBool::new(false),
+            legacy_firmware: AtomicBool::new(false),
         }
     }
 }
@@ -665,6 +670,15 @@ impl Shared {
         }
         if req.method != "POST" {
             return Response::status(405);
+        }
+        if self.knobs.legacy_firmware.load(Ordering::Relaxed) {
+            return match path {
+                // -1010: what passthrough firmware says to a handshake
+                // without a valid RSA key; it is JSON, so it proves the
+                // old protocol is there.
+                "/app" => Response::json(json!({ "error_code": -1010 })),
+                _ => Response::status(404),
+            };
         }
         match path {
             "/app/handshake1" => self.handshake1(&req.body),
