@@ -9,3 +9,5 @@ pub mod drivers;
 pub mod model;
 pub mod mqtt;
 pub mod sim;
+#[cfg(test)]
+mod testing;

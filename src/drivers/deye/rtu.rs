@@ -475,11 +475,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn hex(s: &str) -> Vec<u8> {
-        s.split_whitespace()
-            .map(|b| u8::from_str_radix(b, 16).unwrap())
-            .collect()
-    }
+    use crate::testing::hex;
 
     /// The RTU part of the first captured reply in spec §8 (20 registers
     /// from 0x3c, SUN-10K-SG04LP3).

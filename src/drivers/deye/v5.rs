@@ -460,11 +460,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn hex(s: &str) -> Vec<u8> {
-        s.split_whitespace()
-            .map(|b| u8::from_str_radix(b, 16).unwrap())
-            .collect()
-    }
+    use crate::testing::hex;
 
     // Captured frames from the spec (§8 and §3): public protocol examples.
     const SERIAL_SG04LP3: u32 = 2380475976;
@@ -996,36 +992,11 @@ mod tests {
         );
     }
 
-    /// Deterministic xorshift64: cheap enough for a million inputs in a
-    /// debug build, where proptest manages ~10-20k cases/s.
-    struct XorShift(u64);
+    use crate::testing::XorShift;
 
-    impl XorShift {
-        fn next(&mut self) -> u64 {
-            let mut x = self.0;
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            self.0 = x;
-            x
-        }
-
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
-        }
-
-        /// Bytes that make plausible headers common: start, control low
-        /// byte, end, small lengths.
-        fn byte(&mut self) -> u8 {
-            const HOT: [u8; 8] = [START, 0x10, END, 0x00, 0x01, 0x45, 0x47, 0x03];
-            let r = self.next();
-            if r & 1 == 0 {
-                HOT[((r >> 1) % 8) as usize]
-            } else {
-                (r >> 8) as u8
-            }
-        }
-    }
+    /// Bytes that make plausible headers common: start, control low byte,
+    /// end, small lengths.
+    const HOT: [u8; 8] = [START, 0x10, END, 0x00, 0x01, 0x45, 0x47, 0x03];
 
     /// 1,000,000 random chunks (with the proptest cases in this file and in
     /// rtu.rs, well over 1,000,000 inputs in all): random bytes rich in
@@ -1046,7 +1017,7 @@ mod tests {
             match rng.below(10) {
                 0..=3 => {
                     for _ in 0..rng.below(24) {
-                        chunk.push(rng.byte());
+                        chunk.push(rng.byte_from(&HOT));
                     }
                 }
                 4 => chunk.extend_from_slice(b"AT+YZCMPVER=MW3\r\n"),
