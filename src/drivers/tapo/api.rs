@@ -961,7 +961,7 @@ mod fuzz {
             match rng.below(6) {
                 0 | 1 if len > 0 => {
                     let i = rng.below(len);
-                    buf[i] = rng.byte_from(&HOT);
+                    buf[i] = rng.byte_from(HOT);
                 }
                 2 if len > 0 => {
                     let i = rng.below(len);
@@ -970,7 +970,7 @@ mod fuzz {
                 }
                 3 => {
                     let i = rng.below(len + 1);
-                    buf.insert(i, rng.byte_from(&HOT));
+                    buf.insert(i, rng.byte_from(HOT));
                 }
                 4 if len > 0 => {
                     let i = rng.below(len);
