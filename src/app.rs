@@ -581,16 +581,13 @@ pub fn discovery_messages(
     let inverter_fields = crate::drivers::deye::fields();
     for inv in &config.inverter {
         let info = identities.get(&inv.id).cloned().unwrap_or_default();
-        let device = discovery::Device {
-            identifiers: vec![discovery::device_identifier(topics, &inv.id)],
-            name: inv.name.clone().unwrap_or_else(|| inv.id.clone()),
-            manufacturer: Some(info.manufacturer.unwrap_or_else(|| "Deye".into())),
-            model: Some(info.model.unwrap_or_else(|| "Hybrid inverter".into())),
-            serial_number: info.serial_number,
-            sw_version: info.sw_version,
-            hw_version: info.hw_version,
-            ..Default::default()
-        };
+        let device = device_block(
+            topics,
+            &inv.id,
+            &inv.name,
+            info,
+            ("Deye", "Hybrid inverter"),
+        );
         let mut entities = discovery::DeviceEntities::new(topics, &inv.id, device);
         for f in &inverter_fields {
             entities.field_spec(f);
@@ -604,16 +601,7 @@ pub fn discovery_messages(
             .model
             .as_deref()
             .is_some_and(crate::drivers::tapo::is_unmetered);
-        let device = discovery::Device {
-            identifiers: vec![discovery::device_identifier(topics, &plug.id)],
-            name: plug.name.clone().unwrap_or_else(|| plug.id.clone()),
-            manufacturer: Some(info.manufacturer.unwrap_or_else(|| "TP-Link".into())),
-            model: Some(info.model.unwrap_or_else(|| "Tapo plug".into())),
-            serial_number: info.serial_number,
-            sw_version: info.sw_version,
-            hw_version: info.hw_version,
-            ..Default::default()
-        };
+        let device = device_block(topics, &plug.id, &plug.name, info, ("TP-Link", "Tapo plug"));
         let mut entities = discovery::DeviceEntities::new(topics, &plug.id, device);
         // The switch is the device's main feature: it takes the device's
         // name in Home Assistant.
@@ -644,6 +632,27 @@ pub fn discovery_messages(
         out.extend(entities.messages());
     }
     out
+}
+
+/// A configured device's HA device block: what it said about itself,
+/// else `defaults` (manufacturer, model) until it has.
+fn device_block(
+    topics: &Topics,
+    id: &str,
+    name: &Option<String>,
+    info: DeviceInfo,
+    defaults: (&str, &str),
+) -> discovery::Device {
+    discovery::Device {
+        identifiers: vec![discovery::device_identifier(topics, id)],
+        name: name.clone().unwrap_or_else(|| id.to_owned()),
+        manufacturer: Some(info.manufacturer.unwrap_or_else(|| defaults.0.into())),
+        model: Some(info.model.unwrap_or_else(|| defaults.1.into())),
+        serial_number: info.serial_number,
+        sw_version: info.sw_version,
+        hw_version: info.hw_version,
+        ..Default::default()
+    }
 }
 
 /// The device id of the summed inverters (reserved in the configuration).
