@@ -48,11 +48,26 @@ async fn publishes_retained_discovery_state_and_info() {
         assert_eq!(v["entity_category"], "diagnostic");
         assert_eq!(v["origin"]["name"], "energy2mqtt");
         assert_eq!(v["availability"][0]["topic"], "energy2mqtt/bridge/state");
-        let discovered = msgs
-            .iter()
-            .filter(|m| m.topic.starts_with("homeassistant/") && m.retain)
-            .count();
-        assert_eq!(discovered, 5, "{kind:?}: the bridge's five entities");
+        let discovered = |node: &str| {
+            msgs.iter()
+                .filter(|m| {
+                    m.topic.starts_with("homeassistant/")
+                        && m.topic.contains(&format!("/{node}/"))
+                        && m.retain
+                })
+                .count()
+        };
+        assert_eq!(
+            discovered("energy2mqtt_bridge"),
+            5,
+            "{kind:?}: the bridge's five entities"
+        );
+        // The plug: its switch, its fields and a refresh button.
+        assert_eq!(
+            discovered("boiler"),
+            energy2mqtt::drivers::tapo::task::fields().len() + 2,
+            "{kind:?}: the plug's entities"
+        );
 
         let bridge_state = find("energy2mqtt/bridge").expect("bridge device state");
         let s = bridge_state.json();
