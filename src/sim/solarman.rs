@@ -14,6 +14,12 @@ use super::deye_model::{InverterModel, SimTime};
 use crate::drivers::deye::rtu::{self, Request};
 use crate::drivers::deye::v5::{self, Deframer, Times};
 
+/// Gap between a heartbeat (or the first half of a split reply) and what
+/// follows: clients that read "one recv = one frame", pysolarmanv5 among
+/// them, lose the reply when the two arrive in one segment, and a loaded
+/// machine merges writes a few ms apart.
+const HEARTBEAT_GAP_MS: u64 = 50;
+
 /// Faults a real stick shows, switchable while the simulator runs.
 #[derive(Debug)]
 pub struct Faults {
@@ -309,13 +315,13 @@ async fn serve(mut sock: TcpStream, shared: Shared) -> std::io::Result<()> {
                 sock.write_all(&v5::encode_heartbeat(frame.seq, next_seq(), shared.serial))
                     .await?;
                 sock.flush().await?;
-                tokio::time::sleep(Duration::from_millis(5)).await;
+                tokio::time::sleep(Duration::from_millis(HEARTBEAT_GAP_MS)).await;
             }
             if faults.fragment.load(Ordering::Relaxed) {
                 let cut = reply.len() / 2;
                 sock.write_all(&reply[..cut]).await?;
                 sock.flush().await?;
-                tokio::time::sleep(Duration::from_millis(5)).await;
+                tokio::time::sleep(Duration::from_millis(HEARTBEAT_GAP_MS)).await;
                 let mut rest = reply[cut..].to_vec();
                 rest.extend(v5::encode_heartbeat(frame.seq, next_seq(), shared.serial));
                 sock.write_all(&rest).await?;
