@@ -9,5 +9,6 @@ pub mod drivers;
 pub mod model;
 pub mod mqtt;
 pub mod sim;
+pub mod storage;
 #[cfg(test)]
 mod testing;
