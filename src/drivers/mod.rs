@@ -2,6 +2,7 @@
 //! MQTT, sends [`DriverEvent`]s and takes [`DeviceCommand`]s.
 
 pub mod deye;
+pub mod jkbms;
 pub mod tapo;
 
 use serde_json::{Map, Value};
