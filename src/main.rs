@@ -49,11 +49,35 @@ enum Command {
     Discovery,
     /// Run only the embedded MQTT broker of the [broker] section.
     Broker,
+    /// Decode captured device data and print it as JSON (for bug reports
+    /// and replays).
+    Decode {
+        #[command(subcommand)]
+        what: DecodeCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum DecodeCommand {
+    /// A JK-BMS frame or raw notification stream: hex on the command line,
+    /// a file (hex text or raw bytes), or `-` for standard input.
+    Jkbms {
+        /// Hex bytes, a file path, or `-`.
+        input: String,
+        /// jk02_24s, jk02_32s or jk04 (JK04 cannot be detected); default:
+        /// from a device-info frame in the input, else from the layout.
+        #[arg(long)]
+        variant: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let command = cli.command.as_ref().unwrap_or(&Command::Run);
+    // Decoding needs no configuration: it works on a bare capture.
+    if let Command::Decode { what } = command {
+        return decode(what);
+    }
     let sources = match command {
         Command::Demo => Sources {
             base_toml: Some(DEMO_TOML.to_owned()),
@@ -73,7 +97,87 @@ fn main() -> ExitCode {
         Command::Run => serve(&cli, config, Mode::Bridge),
         Command::Demo => serve(&cli, config, Mode::Demo),
         Command::Broker => serve(&cli, config, Mode::BrokerOnly),
+        Command::Decode { what } => decode(what),
     }
+}
+
+fn decode(what: &DecodeCommand) -> ExitCode {
+    let DecodeCommand::Jkbms { input, variant } = what;
+    let variant = match variant.as_deref().map(str::parse) {
+        None => None,
+        Some(Ok(v)) => Some(v),
+        Some(Err(e)) => {
+            eprintln!("energy2mqtt: --variant: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let bytes = match read_capture(input) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("energy2mqtt: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match energy2mqtt::drivers::jkbms::decode_any(&bytes, variant) {
+        Ok(frames) => match serde_json::to_string_pretty(&frames) {
+            Ok(text) => {
+                println!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("energy2mqtt: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Err(e) => {
+            eprintln!("energy2mqtt: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Hex text (spaces, colons, newlines and `0x` allowed) or raw bytes, from
+/// the argument itself, a file, or stdin (`-`).
+fn read_capture(input: &str) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let raw = if input == "-" {
+        let mut buf = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut buf)
+            .map_err(|e| format!("reading standard input: {e}"))?;
+        buf
+    } else if std::path::Path::new(input).is_file() {
+        std::fs::read(input).map_err(|e| format!("reading {input}: {e}"))?
+    } else {
+        input.as_bytes().to_vec()
+    };
+    match parse_hex(&raw) {
+        Some(bytes) => Ok(bytes),
+        // Not hex text: take the bytes as they are (a binary capture).
+        None if input == "-" || std::path::Path::new(input).is_file() => Ok(raw),
+        None => Err(format!(
+            "'{input}' is neither hex nor a file (give hex bytes, a file path, or - for stdin)"
+        )),
+    }
+}
+
+fn parse_hex(raw: &[u8]) -> Option<Vec<u8>> {
+    let text = std::str::from_utf8(raw).ok()?;
+    let text = text.replace("0x", "").replace("0X", "");
+    let digits: Vec<u8> = text
+        .bytes()
+        .filter(|b| !b.is_ascii_whitespace() && !matches!(b, b':' | b',' | b'-'))
+        .collect();
+    if digits.is_empty() || digits.len() % 2 != 0 {
+        return None;
+    }
+    digits
+        .chunks(2)
+        .map(|pair| {
+            let s = std::str::from_utf8(pair).ok()?;
+            u8::from_str_radix(s, 16).ok()
+        })
+        .collect()
 }
 
 fn config_failure(e: &ConfigErrors) -> ExitCode {
