@@ -26,8 +26,57 @@ use crate::mqtt::{Topics, commands, payloads, settings};
 /// How often the bridge's own state (uptime, counters) is refreshed.
 pub const BRIDGE_STATE_INTERVAL: Duration = Duration::from_secs(60);
 
+/// Starts the task of one BMS pack; which transport it uses is the
+/// caller's choice (BlueZ, or the demo's simulated packs).
+pub type BmsSpawner = Box<
+    dyn Fn(
+            crate::config::BmsConfig,
+            crate::storage::Store,
+            mpsc::Sender<DriverEvent>,
+            CancellationToken,
+        ) -> DriverHandle
+        + Send
+        + Sync,
+>;
+
+/// Packs over BlueZ (or, without the `ble` feature, a clear error per pack).
+pub fn bluez_packs() -> BmsSpawner {
+    #[cfg(feature = "ble")]
+    {
+        let connector = Arc::new(crate::drivers::jkbms::link::BluezConnector::default());
+        Box::new(move |pack, store, events, shutdown| {
+            crate::drivers::jkbms::task::spawn(pack, connector.clone(), store, events, shutdown)
+        })
+    }
+    #[cfg(not(feature = "ble"))]
+    {
+        Box::new(|pack, _store, events, _shutdown| {
+            let (tx, _rx) = mpsc::channel(1);
+            let id = pack.id.clone();
+            tokio::spawn(async move {
+                let _ = events
+                    .send(DriverEvent::Problem {
+                        device: id,
+                        message: "this build has no Bluetooth support (built without the `ble` feature)".into(),
+                    })
+                    .await;
+            });
+            DriverHandle { commands: tx }
+        })
+    }
+}
+
 /// Runs the bridge until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    run_with(config, shutdown, bluez_packs()).await
+}
+
+/// [`run`] with the packs' transport chosen by the caller.
+pub async fn run_with(
+    config: Config,
+    shutdown: CancellationToken,
+    packs: BmsSpawner,
+) -> anyhow::Result<()> {
     if config.broker.enabled {
         crate::broker::start(&config.broker)
             .await
@@ -39,7 +88,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     tracing::info!(broker = %endpoint, base = topics.base(), "starting energy2mqtt {}", env!("CARGO_PKG_VERSION"));
     let mut conn = Connection::start(options, config.mqtt.reconnect_max);
     let (driver_tx, mut driver_rx) = mpsc::channel::<DriverEvent>(256);
-    let drivers = spawn_drivers(&config, &driver_tx, &shutdown);
+    let drivers = spawn_drivers(&config, &driver_tx, &shutdown, &packs);
     let mut bridge = Bridge::new(config, topics, conn.outbox.clone(), conn.client.clone());
     bridge.drivers = drivers;
     bridge.incoming_dropped = conn.incoming_dropped.clone();
@@ -85,8 +134,14 @@ fn spawn_drivers(
     config: &Config,
     events: &mpsc::Sender<DriverEvent>,
     shutdown: &CancellationToken,
+    packs: &BmsSpawner,
 ) -> HashMap<String, DriverHandle> {
     let mut out = HashMap::new();
+    let store = crate::storage::Store::new(config.storage.dir.clone());
+    for pack in &config.bms {
+        let handle = packs(pack.clone(), store.clone(), events.clone(), shutdown.child_token());
+        out.insert(pack.id.clone(), handle);
+    }
     for inv in &config.inverter {
         let handle =
             crate::drivers::deye::task::spawn(inv.clone(), events.clone(), shutdown.child_token());
@@ -134,12 +189,12 @@ pub struct Bridge {
     gc: Option<Cleanup>,
     ha_birth_at: Option<Instant>,
     /// What devices said about themselves, for their discovery configs.
-    identities: HashMap<String, DeviceInfo>,
+    known: Known,
 }
 
 impl Bridge {
     pub fn new(config: Config, topics: Topics, outbox: Arc<Outbox>, client: AsyncClient) -> Self {
-        let discovery = discovery_messages(&config, &topics, &HashMap::new());
+        let discovery = discovery_messages(&config, &topics, &Known::default());
         let registry = Registry::from_config(&config);
         Self {
             config,
@@ -156,7 +211,7 @@ impl Bridge {
             incoming_dropped: Arc::default(),
             gc: None,
             ha_birth_at: None,
-            identities: HashMap::new(),
+            known: Known::default(),
         }
     }
 
@@ -407,8 +462,14 @@ impl Bridge {
                 }
             }
             DriverEvent::Identity { device, info } => {
-                if self.identities.get(&device) != Some(&info) {
-                    self.identities.insert(device, info);
+                if self.known.identities.get(&device) != Some(&info) {
+                    self.known.identities.insert(device, info);
+                    self.refresh_discovery();
+                }
+            }
+            DriverEvent::Fields { device, fields } => {
+                if self.known.fields.get(&device) != Some(&fields) {
+                    self.known.fields.insert(device, fields);
                     self.refresh_discovery();
                 }
             }
@@ -453,7 +514,7 @@ impl Bridge {
     /// clears those no longer produced (a plug found to be a P100 loses its
     /// power entities).
     fn refresh_discovery(&mut self) {
-        let fresh = discovery_messages(&self.config, &self.topics, &self.identities);
+        let fresh = discovery_messages(&self.config, &self.topics, &self.known);
         for old in &self.discovery {
             if !fresh.iter().any(|m| m.topic == old.topic) {
                 self.outbox.push(Message::retained(
@@ -569,15 +630,39 @@ impl Bridge {
 
 /// Every discovery config the configuration produces (empty when
 /// discovery is off, so the clean-up removes what an earlier run left).
+/// What devices have told the bridge about themselves since start.
+#[derive(Debug, Clone, Default)]
+pub struct Known {
+    pub identities: HashMap<String, DeviceInfo>,
+    /// Entities of devices whose entities depend on the device.
+    pub fields: HashMap<String, Vec<crate::model::FieldSpec>>,
+}
+
 pub fn discovery_messages(
     config: &Config,
     topics: &Topics,
-    identities: &HashMap<String, DeviceInfo>,
+    known: &Known,
 ) -> Vec<DiscoveryMessage> {
     if !config.homeassistant.discovery {
         return Vec::new();
     }
+    let identities = &known.identities;
     let mut out = discovery::bridge_device(topics);
+    for pack in &config.bms {
+        let info = identities.get(&pack.id).cloned().unwrap_or_default();
+        let device = device_block(topics, &pack.id, &pack.name, info, ("JK BMS", "JK-BMS"));
+        let mut entities = discovery::DeviceEntities::new(topics, &pack.id, device);
+        let fields = known
+            .fields
+            .get(&pack.id)
+            .cloned()
+            .unwrap_or_else(crate::drivers::jkbms::task::default_fields);
+        for f in &fields {
+            entities.field_spec(f);
+        }
+        entities.refresh_button("refresh", "Refresh");
+        out.extend(entities.messages());
+    }
     let inverter_fields = crate::drivers::deye::fields();
     for inv in &config.inverter {
         let info = identities.get(&inv.id).cloned().unwrap_or_default();

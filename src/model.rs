@@ -68,6 +68,9 @@ pub struct FieldSpec {
     pub precision: Option<u8>,
     /// Diagnostic entities are hidden from default dashboards.
     pub diagnostic: bool,
+    /// Created disabled in Home Assistant (noisy or rarely wanted values);
+    /// the user can enable them.
+    pub disabled_by_default: bool,
     pub kind: FieldKind,
 }
 
@@ -91,6 +94,7 @@ impl FieldSpec {
             state_class: None,
             precision: None,
             diagnostic: false,
+            disabled_by_default: false,
             kind: FieldKind::Sensor,
         }
     }

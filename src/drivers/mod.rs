@@ -26,6 +26,12 @@ pub enum DriverEvent {
     /// What the device says it is (model, serial, firmware), learnt after
     /// connecting; the discovery configs are republished with it.
     Identity { device: String, info: DeviceInfo },
+    /// The entities a device has, when they depend on the device (a
+    /// pack's cell count): the discovery configs are redone with them.
+    Fields {
+        device: String,
+        fields: Vec<crate::model::FieldSpec>,
+    },
     /// Something the user must fix (wrong serial, unsupported model): sent
     /// once per episode, published on `bridge/event` as an error.
     Problem { device: String, message: String },

@@ -227,6 +227,18 @@ impl Entity {
         }
     }
 
+    pub fn base_mut(&mut self) -> &mut EntityBase {
+        match self {
+            Self::Sensor(e) => &mut e.base,
+            Self::BinarySensor(e) => &mut e.base,
+            Self::Switch(e) => &mut e.base,
+            Self::Number(e) => &mut e.base,
+            Self::Select(e) => &mut e.base,
+            Self::Button(e) => &mut e.base,
+            Self::Event(e) => &mut e.base,
+        }
+    }
+
     pub fn to_json(&self) -> Value {
         let v = match self {
             Self::Sensor(e) => serde_json::to_value(e),
@@ -366,6 +378,11 @@ impl<'t> DeviceEntities<'t> {
                     icon: None,
                 },
             ),
+        }
+        if f.disabled_by_default {
+            if let Some((_, e)) = self.entities.last_mut() {
+                e.base_mut().enabled_by_default = Some(false);
+            }
         }
     }
 

@@ -21,8 +21,10 @@ pub mod cell_info;
 pub mod command;
 pub mod device_info;
 pub mod frame;
+pub mod link;
 pub mod publish;
 pub mod settings;
+pub mod task;
 
 #[cfg(test)]
 mod vector_tests;

@@ -212,8 +212,12 @@ pub fn fields(shape: &PackShape) -> Vec<FieldSpec> {
     }
     for n in 1..=shape.cells {
         if let Some((key, name)) = cell_key(&CELL_RESISTANCE, n) {
-            // Mostly static and many: hidden from default dashboards.
-            out.push(diagnostic(measured(key, name, "mΩ", None, 0)));
+            // Mostly static and many: diagnostic and disabled until the
+            // user wants them.
+            out.push(FieldSpec {
+                disabled_by_default: true,
+                ..diagnostic(measured(key, name, "mΩ", None, 0))
+            });
         }
     }
     for &t in &shape.temperatures {
@@ -505,6 +509,7 @@ mod tests {
         assert_eq!(get("temperature_4").unit, Some("°C"));
         assert_eq!(get("cell_02_resistance").unit, Some("mΩ"));
         assert!(get("cell_02_resistance").diagnostic);
+        assert!(get("cell_02_resistance").disabled_by_default);
         assert!(!get("cell_02_voltage").diagnostic);
         assert!(get("temperature_3").diagnostic);
         assert_eq!(get("uptime").unit, Some("s"));

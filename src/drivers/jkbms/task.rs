@@ -1,0 +1,343 @@
+//! One task per pack (spec §2): open the link, ask for device info then
+//! the cell-info stream, assemble and decode what arrives, publish the
+//! latest sample at most once per `publish_interval`, integrate energy,
+//! and keep the link honest with a watchdog. Packs beep on every connect,
+//! so reconnects back off and never hammer.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::StreamDecoder;
+use super::assembler::Assembler;
+use super::cell_info::CellInfo;
+use super::command::Request;
+use super::frame::Variant;
+use super::link::{PackConnector, PackLink};
+use super::publish::{PackShape, fields};
+use super::{Decoded, DecodeError};
+use crate::config::BmsConfig;
+use crate::core::energy::{EnergyCounters, Integrator};
+use crate::drivers::{DriverEvent, DriverHandle};
+use crate::model::{DeviceCommand, FieldSpec};
+use crate::storage::Store;
+
+/// No valid frame for this long: ask for the cell-info stream again.
+const RESEND_AFTER: Duration = Duration::from_secs(10);
+/// No valid frame for this long: drop the link and start over.
+const RECONNECT_AFTER: Duration = Duration::from_secs(30);
+/// Reconnect backoff: from this, doubling, up to `BACKOFF_MAX`.
+const BACKOFF_FIRST: Duration = Duration::from_secs(10);
+const BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// Energy counters are saved this often (and on shutdown).
+const SAVE_EVERY: Duration = Duration::from_secs(60);
+/// Power samples further apart are not integrated.
+const MAX_GAP_S: f64 = 30.0;
+
+/// The energy keys the bridge adds to a pack's state.
+pub fn energy_fields() -> Vec<FieldSpec> {
+    let kwh = |key, name| FieldSpec {
+        unit: Some("kWh"),
+        device_class: Some("energy"),
+        state_class: Some("total_increasing"),
+        precision: Some(3),
+        ..FieldSpec::sensor(key, name)
+    };
+    vec![
+        kwh("energy_charged", "Energy charged"),
+        kwh("energy_discharged", "Energy discharged"),
+    ]
+}
+
+/// Every field a pack of this shape publishes.
+pub fn pack_fields(shape: &PackShape) -> Vec<FieldSpec> {
+    let mut out = fields(shape);
+    out.extend(energy_fields());
+    out
+}
+
+/// What a pack's state looks like before it has spoken: a 32S pack without
+/// per-cell entities (they follow once the cell count is known).
+pub fn default_fields() -> Vec<FieldSpec> {
+    pack_fields(&PackShape::of(&CellInfo::new(Variant::Jk02_32s)))
+}
+
+/// Starts the task for one pack.
+pub fn spawn<C: PackConnector>(
+    pack: BmsConfig,
+    connector: Arc<C>,
+    store: Store,
+    events: mpsc::Sender<DriverEvent>,
+    shutdown: CancellationToken,
+) -> DriverHandle {
+    let (tx, rx) = mpsc::channel(8);
+    let span = tracing::info_span!("bms", id = %pack.id);
+    tokio::spawn(run(pack, connector, store, events, rx, shutdown).instrument(span));
+    DriverHandle { commands: tx }
+}
+
+struct Pack {
+    id: String,
+    events: mpsc::Sender<DriverEvent>,
+    store: Store,
+    energy: Integrator,
+    started: Instant,
+    online: Option<bool>,
+    shape: Option<PackShape>,
+    identity_sent: bool,
+    settings: Map<String, Value>,
+    last_saved: Instant,
+}
+
+impl Pack {
+    fn store_key(&self) -> String {
+        format!("bms-{}-energy", self.id)
+    }
+
+    async fn send(&self, ev: DriverEvent) {
+        let _ = self.events.send(ev).await;
+    }
+
+    async fn set_online(&mut self, online: bool) {
+        if self.online != Some(online) {
+            self.online = Some(online);
+            self.send(DriverEvent::Availability {
+                device: self.id.clone(),
+                online,
+            })
+            .await;
+        }
+    }
+
+    fn save_energy(&mut self) {
+        self.last_saved = Instant::now();
+        if let Err(e) = self.store.save(&self.store_key(), &self.energy.counters) {
+            tracing::warn!(error = %e, "energy counters not saved");
+        }
+    }
+
+    async fn publish(&mut self, info: &CellInfo) {
+        let shape = PackShape::of(info);
+        if self.shape.as_ref() != Some(&shape) {
+            self.send(DriverEvent::Fields {
+                device: self.id.clone(),
+                fields: pack_fields(&shape),
+            })
+            .await;
+            self.shape = Some(shape);
+        }
+        let mut values = info.to_map();
+        values.extend(self.settings.clone());
+        let c = self.energy.counters;
+        values.insert("energy_charged".into(), round3(c.charged_kwh).into());
+        values.insert("energy_discharged".into(), round3(c.discharged_kwh).into());
+        self.set_online(true).await;
+        self.send(DriverEvent::Readings {
+            device: self.id.clone(),
+            values,
+        })
+        .await;
+        if self.last_saved.elapsed() >= SAVE_EVERY {
+            self.save_energy();
+        }
+    }
+}
+
+fn round3(v: f64) -> f64 {
+    (v * 1000.0).round() / 1000.0
+}
+
+/// Why a session ended.
+enum Ended {
+    Shutdown,
+    LinkLost,
+    Silent,
+}
+
+async fn run<C: PackConnector>(
+    cfg: BmsConfig,
+    connector: Arc<C>,
+    store: Store,
+    events: mpsc::Sender<DriverEvent>,
+    mut commands: mpsc::Receiver<DeviceCommand>,
+    shutdown: CancellationToken,
+) {
+    let counters = match store.load::<EnergyCounters>(&format!("bms-{}-energy", cfg.id)) {
+        Ok(c) => c.unwrap_or_default(),
+        Err(e) => {
+            tracing::warn!(error = %e, "energy counters start from 0");
+            EnergyCounters::default()
+        }
+    };
+    let mut pack = Pack {
+        id: cfg.id.clone(),
+        events,
+        store,
+        energy: Integrator::new(counters, MAX_GAP_S),
+        started: Instant::now(),
+        online: None,
+        shape: None,
+        identity_sent: false,
+        settings: Map::new(),
+        last_saved: Instant::now(),
+    };
+    let configured = Variant::from_config(cfg.variant);
+    let mut backoff = BACKOFF_FIRST;
+    let mut failures: u32 = 0;
+    loop {
+        let opened = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = connector.open(&cfg) => r,
+        };
+        let link = match opened {
+            Ok(link) => link,
+            Err(e) => {
+                failures += 1;
+                if failures == 1 || failures.is_power_of_two() {
+                    tracing::warn!(error = %e, failures, "pack not reachable");
+                } else {
+                    tracing::debug!(error = %e, failures, "pack not reachable");
+                }
+                pack.set_online(false).await;
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            }
+        };
+        tracing::info!("connected");
+        failures = 0;
+        let (ended, got_data) =
+            session(link, &mut pack, configured, &cfg, &mut commands, &shutdown).await;
+        pack.energy.break_chain();
+        if got_data {
+            backoff = BACKOFF_FIRST;
+        }
+        match ended {
+            Ended::Shutdown => break,
+            Ended::LinkLost => tracing::warn!("link lost; reconnecting"),
+            Ended::Silent => tracing::warn!("no valid frame for 30 s; reconnecting"),
+        }
+        pack.set_online(false).await;
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+    pack.save_energy();
+}
+
+/// One connected session; returns why it ended and whether any valid frame
+/// came.
+async fn session<L: PackLink>(
+    mut link: L,
+    pack: &mut Pack,
+    configured: Option<Variant>,
+    cfg: &BmsConfig,
+    commands: &mut mpsc::Receiver<DeviceCommand>,
+    shutdown: &CancellationToken,
+) -> (Ended, bool) {
+    let mut assembler = Assembler::new();
+    let mut decoder = StreamDecoder::new(configured);
+    let mut latest: Option<CellInfo> = None;
+    let mut fresh = false;
+    let mut got_data = false;
+    let mut last_valid = Instant::now();
+    let mut resent = false;
+    // Device info first (it decides the variant), then the stream.
+    for req in [Request::DeviceInfo, Request::CellInfo] {
+        if let Err(e) = link.write(&req.encode()).await {
+            tracing::warn!(error = %e, "writing a command failed");
+            link.disconnect().await;
+            return (Ended::LinkLost, false);
+        }
+    }
+    let mut tick = tokio::time::interval(cfg.publish_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let ended = loop {
+        let deadline = last_valid + if resent { RECONNECT_AFTER } else { RESEND_AFTER };
+        tokio::select! {
+            _ = shutdown.cancelled() => break Ended::Shutdown,
+            cmd = commands.recv() => match cmd {
+                None => break Ended::Shutdown,
+                Some(DeviceCommand::Refresh) => fresh = latest.is_some(),
+                Some(DeviceCommand::Set { .. }) => {
+                    pack.send(DriverEvent::CommandFailed {
+                        device: pack.id.clone(),
+                        reason: "a BMS takes no set commands (writes are off)".into(),
+                    }).await;
+                }
+            },
+            n = link.recv() => {
+                let Some(bytes) = n else { break Ended::LinkLost };
+                let mut frames = Vec::new();
+                assembler.feed(&bytes, |f| frames.push(f));
+                for frame in frames {
+                    match decoder.decode(&frame) {
+                        Ok(Decoded::CellInfo(info)) => {
+                            last_valid = Instant::now();
+                            resent = false;
+                            got_data = true;
+                            if let Some(p) = info.power() {
+                                pack.energy.add(pack.started.elapsed().as_secs_f64(), p);
+                            }
+                            latest = Some(info);
+                            fresh = true;
+                        }
+                        Ok(Decoded::DeviceInfo(di)) => {
+                            last_valid = Instant::now();
+                            if !pack.identity_sent {
+                                pack.identity_sent = true;
+                                tracing::info!(
+                                    variant = ?decoder.variant().map(|(v, _)| v.as_str()),
+                                    "device info received"
+                                );
+                            }
+                            pack.send(DriverEvent::Identity {
+                                device: pack.id.clone(),
+                                info: di.identity(),
+                            }).await;
+                        }
+                        Ok(Decoded::Settings(s)) => {
+                            last_valid = Instant::now();
+                            pack.settings = s.state_map();
+                        }
+                        Ok(Decoded::Logbook { .. }) => {}
+                        Err(e @ DecodeError::Inconsistent { .. }) => {
+                            tracing::warn!(error = %e, "frame dropped");
+                        }
+                        Err(e) => tracing::debug!(error = %e, "frame dropped"),
+                    }
+                }
+            }
+            _ = tick.tick() => {
+                if fresh {
+                    if let Some(info) = latest.clone() {
+                        pack.publish(&info).await;
+                    }
+                    fresh = false;
+                }
+            }
+            _ = tokio::time::sleep_until(deadline) => {
+                if resent {
+                    break Ended::Silent;
+                }
+                tracing::info!("no valid frame for 10 s; asking for cell info again");
+                resent = true;
+                if link.write(&Request::CellInfo.encode()).await.is_err() {
+                    break Ended::LinkLost;
+                }
+            }
+        }
+    };
+    link.disconnect().await;
+    (ended, got_data)
+}
