@@ -57,7 +57,9 @@ pub fn bluez_packs() -> BmsSpawner {
                 let _ = events
                     .send(DriverEvent::Problem {
                         device: id,
-                        message: "this build has no Bluetooth support (built without the `ble` feature)".into(),
+                        message:
+                            "this build has no Bluetooth support (built without the `ble` feature)"
+                                .into(),
                     })
                     .await;
             });
@@ -139,7 +141,12 @@ fn spawn_drivers(
     let mut out = HashMap::new();
     let store = crate::storage::Store::new(config.storage.dir.clone());
     for pack in &config.bms {
-        let handle = packs(pack.clone(), store.clone(), events.clone(), shutdown.child_token());
+        let handle = packs(
+            pack.clone(),
+            store.clone(),
+            events.clone(),
+            shutdown.child_token(),
+        );
         out.insert(pack.id.clone(), handle);
     }
     for inv in &config.inverter {

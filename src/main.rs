@@ -279,8 +279,9 @@ fn serve(cli: &Cli, mut config: Config, mode: Mode) -> ExitCode {
                 Ok(())
             }
             Mode::Demo => {
-                let _devices = energy2mqtt::sim::demo::start(&config).await?;
-                energy2mqtt::app::run(config, shutdown).await
+                let devices = energy2mqtt::sim::demo::start(&config).await?;
+                let packs = devices.pack_spawner();
+                energy2mqtt::app::run_with(config, shutdown, packs).await
             }
             Mode::Bridge => energy2mqtt::app::run(config, shutdown).await,
         }

@@ -14,8 +14,10 @@ use tokio_util::sync::CancellationToken;
 use super::outbox::{Message, Outbox};
 
 /// Incoming publishes waiting for the bridge; beyond this they are dropped
-/// (and counted) rather than stall the event loop.
-const INCOMING_CAPACITY: usize = 256;
+/// (and counted) rather than stall the event loop. At start-up the
+/// discovery clean-up receives every retained config under the prefix in
+/// one burst (a few hundred with two 16-cell packs), so leave room.
+const INCOMING_CAPACITY: usize = 4096;
 /// Requests between our handle and rumqttc's loop.
 const CLIENT_CAPACITY: usize = 512;
 

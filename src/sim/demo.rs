@@ -17,6 +17,18 @@ use crate::drivers::deye::transport::SOLARMAN_PORT;
 pub struct DemoDevices {
     pub inverters: Vec<SolarmanSim>,
     pub plugs: Vec<TapoSim>,
+    /// Every `[[bms]]` of the demo is a simulated pack.
+    pub packs: super::jkbms::SimConnector,
+}
+
+impl DemoDevices {
+    /// The bridge's BMS tasks, on the simulated packs.
+    pub fn pack_spawner(&self) -> crate::app::BmsSpawner {
+        let connector = std::sync::Arc::new(self.packs.clone());
+        Box::new(move |pack, store, events, shutdown| {
+            crate::drivers::jkbms::task::spawn(pack, connector.clone(), store, events, shutdown)
+        })
+    }
 }
 
 /// Starts a Solarman logger simulator for every solarman inverter on a
@@ -68,7 +80,31 @@ pub async fn start(config: &Config) -> anyhow::Result<DemoDevices> {
         tracing::info!(plug = %plug.id, %addr, ?flavour, "simulated Tapo plug listening");
         plugs.push(sim);
     }
-    Ok(DemoDevices { inverters, plugs })
+    let packs = super::jkbms::SimConnector::default();
+    let share = 1.0 / config.bms.len().max(1) as f64;
+    for (i, pack) in config.bms.iter().enumerate() {
+        // The packs carry the simulated inverter's battery, so the BMS and
+        // inverter figures agree in the demo.
+        let source = match inverters.first() {
+            Some(inv) => super::jkbms::CurrentSource::Inverter {
+                model: inv.model.clone(),
+                share,
+            },
+            None => super::jkbms::CurrentSource::Swing,
+        };
+        let sim = super::jkbms::SimPack {
+            seed: i as u64 + 1,
+            soc: 60.0 + 5.0 * i as f64,
+            ..Default::default()
+        };
+        packs.add(&pack.mac, sim, source);
+        tracing::info!(bms = %pack.id, mac = %pack.mac, "simulated JK-BMS pack");
+    }
+    Ok(DemoDevices {
+        inverters,
+        plugs,
+        packs,
+    })
 }
 
 /// What hangs behind a demo plug, from its id; a plug with `nominal_w`

@@ -2,6 +2,7 @@
 
 pub mod demo;
 pub mod deye_model;
+pub mod jkbms;
 pub mod modbus;
 pub mod solarman;
 pub mod tapo;

@@ -20,7 +20,7 @@ use super::command::Request;
 use super::frame::Variant;
 use super::link::{PackConnector, PackLink};
 use super::publish::{PackShape, fields};
-use super::{Decoded, DecodeError};
+use super::{DecodeError, Decoded};
 use crate::config::BmsConfig;
 use crate::core::energy::{EnergyCounters, Integrator};
 use crate::drivers::{DriverEvent, DriverHandle};
@@ -263,7 +263,12 @@ async fn session<L: PackLink>(
     let mut tick = tokio::time::interval(cfg.publish_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let ended = loop {
-        let deadline = last_valid + if resent { RECONNECT_AFTER } else { RESEND_AFTER };
+        let deadline = last_valid
+            + if resent {
+                RECONNECT_AFTER
+            } else {
+                RESEND_AFTER
+            };
         tokio::select! {
             _ = shutdown.cancelled() => break Ended::Shutdown,
             cmd = commands.recv() => match cmd {
