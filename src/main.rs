@@ -49,6 +49,13 @@ enum Command {
     Discovery,
     /// Run only the embedded MQTT broker of the [broker] section.
     Broker,
+    /// List JK-BMS packs nearby (name, MAC, RSSI, manufacturer id), for the
+    /// [[bms]] sections.
+    Scan {
+        /// How long to listen for advertisements.
+        #[arg(long, default_value = "10s")]
+        duration: String,
+    },
     /// Decode captured device data and print it as JSON (for bug reports
     /// and replays).
     Decode {
@@ -78,6 +85,9 @@ fn main() -> ExitCode {
     if let Command::Decode { what } = command {
         return decode(what);
     }
+    if let Command::Scan { duration } = command {
+        return scan(duration);
+    }
     let sources = match command {
         Command::Demo => Sources {
             base_toml: Some(DEMO_TOML.to_owned()),
@@ -98,7 +108,65 @@ fn main() -> ExitCode {
         Command::Demo => serve(&cli, config, Mode::Demo),
         Command::Broker => serve(&cli, config, Mode::BrokerOnly),
         Command::Decode { what } => decode(what),
+        Command::Scan { duration } => scan(duration),
     }
+}
+
+#[cfg(feature = "ble")]
+fn scan(duration: &str) -> ExitCode {
+    use energy2mqtt::drivers::jkbms::ble;
+    let duration = match energy2mqtt::config::duration::parse(duration) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("energy2mqtt: --duration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("energy2mqtt: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let found = runtime.block_on(async {
+        let session = ble::open_session().await?;
+        ble::scan(&session, duration).await
+    });
+    match found {
+        Ok(packs) => {
+            if packs.is_empty() {
+                eprintln!(
+                    "no JK-BMS pack seen in {duration:?} (is the phone app connected to it?)"
+                );
+            }
+            for p in &packs {
+                println!(
+                    "{}  {:<20}  rssi {:>4}  manufacturer {}",
+                    p.mac,
+                    p.name.as_deref().unwrap_or("?"),
+                    p.rssi.map(|r| r.to_string()).unwrap_or_else(|| "?".into()),
+                    p.manufacturer_id
+                        .map(|m| format!("0x{m:04X}"))
+                        .unwrap_or_else(|| "?".into())
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("energy2mqtt: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(not(feature = "ble"))]
+fn scan(_duration: &str) -> ExitCode {
+    eprintln!("energy2mqtt: this build has no Bluetooth support (built without the `ble` feature)");
+    ExitCode::FAILURE
 }
 
 fn decode(what: &DecodeCommand) -> ExitCode {
