@@ -357,3 +357,6 @@ pub fn write_file(dir: &Path, name: &str, content: &str) -> PathBuf {
     f.write_all(content.as_bytes()).expect("write");
     p
 }
+
+#[cfg(feature = "ble")]
+pub mod fake_bluez;
