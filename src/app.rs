@@ -63,7 +63,10 @@ pub fn bluez_packs() -> BmsSpawner {
                     })
                     .await;
             });
-            DriverHandle { commands: tx }
+            DriverHandle {
+                commands: tx,
+                task: None,
+            }
         })
     }
 }
@@ -122,6 +125,20 @@ pub async fn run_with(
         }
     }
     tracing::info!("shutting down");
+    // The drivers' tokens are children of `shutdown`: give them a moment to
+    // release their devices (a pack must be free for the phone app, a
+    // logger stick runs out of sockets when clients vanish).
+    let releases: Vec<_> = bridge
+        .drivers
+        .values_mut()
+        .filter_map(|d| d.task.take())
+        .collect();
+    let _ = tokio::time::timeout(Duration::from_secs(3), async {
+        for t in releases {
+            let _ = t.await;
+        }
+    })
+    .await;
     let offline = Message::retained(
         Class::BridgeState,
         bridge.topics.bridge_state(),

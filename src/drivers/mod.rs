@@ -48,7 +48,10 @@ pub struct DeviceInfo {
 }
 
 /// How the bridge reaches the task that owns a device.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct DriverHandle {
     pub commands: mpsc::Sender<DeviceCommand>,
+    /// The task itself: at shutdown the bridge waits a moment for it to
+    /// release its device (close a TCP connection, disconnect a pack).
+    pub task: Option<tokio::task::JoinHandle<()>>,
 }

@@ -227,8 +227,11 @@ pub fn spawn(
 ) -> DriverHandle {
     let (tx, rx) = mpsc::channel(8);
     let span = tracing::info_span!("inverter", id = %config.id);
-    tokio::spawn(run(config, events, rx, shutdown).instrument(span));
-    DriverHandle { commands: tx }
+    let task = tokio::spawn(run(config, events, rx, shutdown).instrument(span));
+    DriverHandle {
+        commands: tx,
+        task: Some(task),
+    }
 }
 
 async fn run(

@@ -77,8 +77,11 @@ pub fn spawn<C: PackConnector>(
 ) -> DriverHandle {
     let (tx, rx) = mpsc::channel(8);
     let span = tracing::info_span!("bms", id = %pack.id);
-    tokio::spawn(run(pack, connector, store, events, rx, shutdown).instrument(span));
-    DriverHandle { commands: tx }
+    let task = tokio::spawn(run(pack, connector, store, events, rx, shutdown).instrument(span));
+    DriverHandle {
+        commands: tx,
+        task: Some(task),
+    }
 }
 
 struct Pack {

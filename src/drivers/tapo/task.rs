@@ -179,8 +179,11 @@ pub fn spawn(
 ) -> DriverHandle {
     let (tx, rx) = mpsc::channel(8);
     let span = tracing::info_span!("plug", id = %link.id);
-    tokio::spawn(run(link, events, rx, shutdown).instrument(span));
-    DriverHandle { commands: tx }
+    let task = tokio::spawn(run(link, events, rx, shutdown).instrument(span));
+    DriverHandle {
+        commands: tx,
+        task: Some(task),
+    }
 }
 
 struct Plug {
