@@ -674,7 +674,13 @@ pub fn discovery_messages(
     let mut out = discovery::bridge_device(topics);
     for pack in &config.bms {
         let info = identities.get(&pack.id).cloned().unwrap_or_default();
-        let device = device_block(topics, &pack.id, &pack.name, info, ("JK BMS", "JK-BMS"));
+        let serial = info.serial_number.clone();
+        let mut device = device_block(topics, &pack.id, &pack.name, info, ("JK BMS", "JK-BMS"));
+        // The pack's own serial identifies it too once it has said it, as
+        // the other JK-BMS integrations do.
+        if let Some(serial) = serial {
+            device.identifiers.push(format!("jkbms_{serial}"));
+        }
         let mut entities = discovery::DeviceEntities::new(topics, &pack.id, device);
         let fields = known
             .fields

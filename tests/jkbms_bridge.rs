@@ -168,11 +168,20 @@ mac = "{PACK_C}"
         .expect("per-cell entity for cell 16")
         .json();
     assert_eq!(cell16["unit_of_measurement"], "V");
-    assert!(
-        cell16["device"]["serial_number"]
-            .as_str()
-            .is_some_and(|s| !s.is_empty()),
+    let serial = cell16["device"]["serial_number"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(!serial.is_empty(), "{cell16}");
+    assert_eq!(
+        cell16["device"]["identifiers"][1],
+        format!("jkbms_{serial}"),
         "{cell16}"
+    );
+    assert!(
+        cell16["device"]["hw_version"]
+            .as_str()
+            .is_some_and(|h| h.contains("made 20")),
+        "manufacturing date in the device registry: {cell16}"
     );
     assert!(
         !msgs.iter().any(

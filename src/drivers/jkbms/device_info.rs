@@ -145,7 +145,13 @@ impl DeviceInfo {
             model: non_empty(&self.model),
             serial_number: non_empty(&self.serial_number),
             sw_version: non_empty(&self.software_version),
-            hw_version: non_empty(&self.hardware_version),
+            // HA's device registry has no manufacturing date; the hardware
+            // version is where users look for such facts.
+            hw_version: match (non_empty(&self.hardware_version), self.manufacturing_date()) {
+                (Some(hw), Some(date)) => Some(format!("{hw} (made {date})")),
+                (hw, None) => hw,
+                (None, Some(date)) => Some(format!("made {date}")),
+            },
         }
     }
 
