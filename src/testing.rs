@@ -38,3 +38,36 @@ impl XorShift {
         }
     }
 }
+
+/// The shared vectors' `kind` folder (`$E2M_VECTORS/<kind>`, else
+/// `../shared/vectors/<kind>`), or `None` after saying the tests were not
+/// run. Under CI a missing folder is a failure: skipped vector tests would
+/// look like passing ones.
+pub fn vectors_dir(kind: &str) -> Option<std::path::PathBuf> {
+    let root = match std::env::var_os("E2M_VECTORS") {
+        Some(dir) => std::path::PathBuf::from(dir),
+        None => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/vectors"),
+    };
+    let dir = root.join(kind);
+    if dir.is_dir() {
+        return Some(dir);
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{kind} vector folder {} missing (set E2M_VECTORS)",
+        dir.display()
+    );
+    println!("{kind} vector tests not run: {} missing", dir.display());
+    None
+}
+
+/// The `*.json` files of a folder, sorted.
+pub fn json_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .expect("readable vectors folder")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    files.sort();
+    files
+}

@@ -9,7 +9,7 @@
 //! `None` is spelled out below and counted as a comparison.
 
 use std::fmt::Debug;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde_json::{Map, Value};
 
@@ -23,37 +23,11 @@ use super::settings::{Flag32, Settings};
 use super::{FrameType, decode_any};
 use crate::testing::hex;
 
-/// The jkbms vectors folder, or None (after saying so) when it is absent
-/// outside CI. In CI a missing folder is a failure: skipped vector tests
-/// would look like passing ones.
 fn vectors_dir() -> Option<PathBuf> {
-    let root = match std::env::var_os("E2M_VECTORS") {
-        Some(dir) => PathBuf::from(dir),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/vectors"),
-    };
-    let dir = root.join("jkbms");
-    if dir.is_dir() {
-        return Some(dir);
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!(
-            "jkbms vector folder {} missing (set E2M_VECTORS)",
-            dir.display()
-        );
-    }
-    println!("jkbms vector tests not run: {} missing", dir.display());
-    None
+    crate::testing::vectors_dir("jkbms")
 }
 
-fn json_files(dir: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "json"))
-        .collect();
-    files.sort();
-    files
-}
+use crate::testing::json_files;
 
 fn hex_field(v: &Value, key: &str) -> Option<Vec<u8>> {
     v.get(key).and_then(Value::as_str).map(hex)

@@ -741,37 +741,11 @@ mod tests {
 
     // ---- fixtures from /work/shared/vectors, read in place ----
 
-    /// The tapo vectors folder, or None (after saying so) when it is absent
-    /// outside CI. In CI a missing folder is a failure: silently skipped
-    /// fixture tests would look like passing ones.
     fn tapo_vectors() -> Option<PathBuf> {
-        let root = match std::env::var_os("E2M_VECTORS") {
-            Some(dir) => PathBuf::from(dir),
-            None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/vectors"),
-        };
-        let dir = root.join("tapo");
-        if dir.is_dir() {
-            return Some(dir);
-        }
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!(
-                "tapo fixture folder {} missing (set E2M_VECTORS)",
-                dir.display()
-            );
-        }
-        println!("tapo fixture tests not run: {} missing", dir.display());
-        None
+        crate::testing::vectors_dir("tapo")
     }
 
-    fn json_files(dir: &Path) -> Vec<PathBuf> {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.extension().is_some_and(|e| e == "json"))
-            .collect();
-        files.sort();
-        files
-    }
+    use crate::testing::json_files;
 
     /// (name, method → result table) for every device in a fixture file;
     /// plug_responses.json bundles several tables keyed by file name.
