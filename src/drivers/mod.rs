@@ -5,8 +5,11 @@ pub mod deye;
 pub mod jkbms;
 pub mod tapo;
 
+use std::future::Future;
+
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
+use tracing::Instrument;
 
 use crate::model::DeviceCommand;
 
@@ -54,4 +57,52 @@ pub struct DriverHandle {
     /// The task itself: at shutdown the bridge waits a moment for it to
     /// release its device (close a TCP connection, disconnect a pack).
     pub task: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// Spawns a driver's task in its tracing span, with its command channel.
+pub fn spawn_task<F>(
+    span: tracing::Span,
+    run: impl FnOnce(mpsc::Receiver<DeviceCommand>) -> F,
+) -> DriverHandle
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel(8);
+    let task = tokio::spawn(run(rx).instrument(span));
+    DriverHandle {
+        commands: tx,
+        task: Some(task),
+    }
+}
+
+/// A device's reachability as last reported: an event only on change.
+#[derive(Debug)]
+pub struct Reachability {
+    device: String,
+    online: Option<bool>,
+}
+
+impl Reachability {
+    pub fn new(device: &str) -> Self {
+        Self {
+            device: device.to_owned(),
+            online: None,
+        }
+    }
+
+    pub fn is_online(&self) -> bool {
+        self.online == Some(true)
+    }
+
+    pub async fn set(&mut self, events: &mpsc::Sender<DriverEvent>, online: bool) {
+        if self.online != Some(online) {
+            self.online = Some(online);
+            let _ = events
+                .send(DriverEvent::Availability {
+                    device: self.device.clone(),
+                    online,
+                })
+                .await;
+        }
+    }
 }

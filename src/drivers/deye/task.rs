@@ -9,7 +9,6 @@ use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 
 use super::registers::{self, Family, Identity, Registers, Sample};
 use super::transport::{Link, LinkCounters, TransportError};
@@ -225,13 +224,8 @@ pub fn spawn(
     events: mpsc::Sender<DriverEvent>,
     shutdown: CancellationToken,
 ) -> DriverHandle {
-    let (tx, rx) = mpsc::channel(8);
     let span = tracing::info_span!("inverter", id = %config.id);
-    let task = tokio::spawn(run(config, events, rx, shutdown).instrument(span));
-    DriverHandle {
-        commands: tx,
-        task: Some(task),
-    }
+    crate::drivers::spawn_task(span, move |rx| run(config, events, rx, shutdown))
 }
 
 async fn run(
@@ -244,7 +238,7 @@ async fn run(
     let interval = config.poll_interval;
     let unavailable_after = config.unavailable_after.max(1);
     let mut poller = Poller::new(config);
-    let mut online: Option<bool> = None;
+    let mut online = crate::drivers::Reachability::new(&id);
     let mut failures: u32 = 0;
     let mut backoff = interval;
     let mut last_problem: Option<String> = None;
@@ -287,15 +281,7 @@ async fn run(
                         })
                         .await;
                 }
-                if online != Some(true) {
-                    online = Some(true);
-                    let _ = events
-                        .send(DriverEvent::Availability {
-                            device: id.clone(),
-                            online: true,
-                        })
-                        .await;
-                }
+                online.set(&events, true).await;
                 let mut values = sample.to_map();
                 values.extend(poller.diagnostics());
                 values.insert(
@@ -343,14 +329,8 @@ async fn run(
                 } else {
                     tracing::debug!(error = %message, failures, "inverter poll failed");
                 }
-                if failures >= unavailable_after && online != Some(false) {
-                    online = Some(false);
-                    let _ = events
-                        .send(DriverEvent::Availability {
-                            device: id.clone(),
-                            online: false,
-                        })
-                        .await;
+                if failures >= unavailable_after {
+                    online.set(&events, false).await;
                 }
                 if failures >= unavailable_after {
                     delay = delay.max(backoff);

@@ -11,7 +11,6 @@ use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 
 use super::StreamDecoder;
 use super::assembler::Assembler;
@@ -75,13 +74,10 @@ pub fn spawn<C: PackConnector>(
     events: mpsc::Sender<DriverEvent>,
     shutdown: CancellationToken,
 ) -> DriverHandle {
-    let (tx, rx) = mpsc::channel(8);
     let span = tracing::info_span!("bms", id = %pack.id);
-    let task = tokio::spawn(run(pack, connector, store, events, rx, shutdown).instrument(span));
-    DriverHandle {
-        commands: tx,
-        task: Some(task),
-    }
+    crate::drivers::spawn_task(span, move |rx| {
+        run(pack, connector, store, events, rx, shutdown)
+    })
 }
 
 struct Pack {
@@ -90,7 +86,7 @@ struct Pack {
     store: Store,
     energy: Integrator,
     started: Instant,
-    online: Option<bool>,
+    online: crate::drivers::Reachability,
     shape: Option<PackShape>,
     identity_sent: bool,
     settings: Map<String, Value>,
@@ -107,14 +103,7 @@ impl Pack {
     }
 
     async fn set_online(&mut self, online: bool) {
-        if self.online != Some(online) {
-            self.online = Some(online);
-            self.send(DriverEvent::Availability {
-                device: self.id.clone(),
-                online,
-            })
-            .await;
-        }
+        self.online.set(&self.events, online).await;
     }
 
     fn save_energy(&mut self) {
@@ -183,7 +172,7 @@ async fn run<C: PackConnector>(
         store,
         energy: Integrator::new(counters, MAX_GAP_S),
         started: Instant::now(),
-        online: None,
+        online: crate::drivers::Reachability::new(&cfg.id),
         shape: None,
         identity_sent: false,
         settings: Map::new(),

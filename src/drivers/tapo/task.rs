@@ -8,7 +8,6 @@ use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 
 use super::api::{DeviceInfo, EnergyUsage};
 use super::client::{PlugClient, TapoError};
@@ -177,20 +176,15 @@ pub fn spawn(
     events: mpsc::Sender<DriverEvent>,
     shutdown: CancellationToken,
 ) -> DriverHandle {
-    let (tx, rx) = mpsc::channel(8);
     let span = tracing::info_span!("plug", id = %link.id);
-    let task = tokio::spawn(run(link, events, rx, shutdown).instrument(span));
-    DriverHandle {
-        commands: tx,
-        task: Some(task),
-    }
+    crate::drivers::spawn_task(span, move |rx| run(link, events, rx, shutdown))
 }
 
 struct Plug {
     id: String,
     client: PlugClient,
     events: mpsc::Sender<DriverEvent>,
-    online: Option<bool>,
+    online: crate::drivers::Reachability,
     failures: u32,
     polls: u32,
     metering: Option<bool>,
@@ -206,14 +200,7 @@ impl Plug {
     }
 
     async fn set_online(&mut self, online: bool) {
-        if self.online != Some(online) {
-            self.online = Some(online);
-            self.send(DriverEvent::Availability {
-                device: self.id.clone(),
-                online,
-            })
-            .await;
-        }
+        self.online.set(&self.events, online).await;
     }
 
     /// Reads the plug (state always, power/energy when it meters) and
@@ -333,7 +320,7 @@ async fn run(
             link.timeout,
         ),
         events,
-        online: None,
+        online: crate::drivers::Reachability::new(&link.id),
         failures: 0,
         polls: 0,
         metering: None,
