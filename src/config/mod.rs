@@ -396,6 +396,10 @@ pub struct BalancerConfig {
     pub failsafe_after: Duration,
     #[serde(with = "duration")]
     pub override_window: Duration,
+    /// How long PV must stay below the load before the plugs with
+    /// `pv_deficit_off` are switched off (the original app's 5 minutes).
+    #[serde(with = "duration")]
+    pub pv_deficit_after: Duration,
 }
 
 impl Default for BalancerConfig {
@@ -414,6 +418,7 @@ impl Default for BalancerConfig {
             stale_after: Duration::from_secs(15),
             failsafe_after: Duration::from_secs(60),
             override_window: Duration::from_secs(3600),
+            pv_deficit_after: Duration::from_secs(300),
         }
     }
 }

@@ -1,6 +1,7 @@
-//! Pure logic of the bridge. For now: what the bridge knows about each
-//! configured device. The balancer, alerts and timers join it here.
+//! Pure logic of the bridge: what the bridge knows about each configured
+//! device, and the overload balancer. Alerts and timers join it here.
 
+pub mod balancer;
 pub mod energy;
 pub mod registry;
 pub mod site;
