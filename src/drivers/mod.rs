@@ -90,10 +90,6 @@ impl Reachability {
         }
     }
 
-    pub fn is_online(&self) -> bool {
-        self.online == Some(true)
-    }
-
     pub async fn set(&mut self, events: &mpsc::Sender<DriverEvent>, online: bool) {
         if self.online != Some(online) {
             self.online = Some(online);

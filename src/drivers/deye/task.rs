@@ -62,14 +62,6 @@ impl Poller {
         }
     }
 
-    pub fn counters(&self) -> &LinkCounters {
-        &self.counters
-    }
-
-    pub fn identity(&self) -> Option<&Identity> {
-        self.identity.as_ref().map(|(i, _)| i)
-    }
-
     /// One full poll: (re)connect when needed, identity when stale, then
     /// the blocks of the read plan. Returns the new identity as well when
     /// it was read.
