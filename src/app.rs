@@ -14,9 +14,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::control::{self, Control};
 use crate::core::registry::Registry;
 use crate::drivers::{DeviceInfo, DriverEvent, DriverHandle};
-use crate::model::{DeviceCommand, DeviceKind};
+use crate::model::{DeviceCommand, DeviceKind, SwitchState};
+use crate::mqtt::commands::Command;
 use crate::mqtt::connection::{Connection, Incoming};
 use crate::mqtt::discovery::{self, DiscoveryMessage};
 use crate::mqtt::outbox::{Class, Message, Outbox};
@@ -25,6 +27,15 @@ use crate::mqtt::{Topics, commands, payloads, settings};
 
 /// How often the bridge's own state (uptime, counters) is refreshed.
 pub const BRIDGE_STATE_INTERVAL: Duration = Duration::from_secs(60);
+/// The control plane also runs on every fresh reading; this bounds how
+/// late timers, retries and staleness are noticed.
+pub const CONTROL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Wall-clock time for the control plane (persisted times must mean the
+/// same after a restart).
+fn control_now() -> crate::core::balancer::Timestamp {
+    crate::core::balancer::Timestamp::from_system_time(std::time::SystemTime::now())
+}
 
 /// Starts the task of one BMS pack; which transport it uses is the
 /// caller's choice (BlueZ, or the demo's simulated packs).
@@ -101,6 +112,8 @@ pub async fn run_with(
 
     let mut stats_tick = tokio::time::interval(BRIDGE_STATE_INTERVAL);
     stats_tick.tick().await;
+    let mut control_tick = tokio::time::interval(CONTROL_INTERVAL);
+    control_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sessions_seen = 0;
     loop {
         let gc_deadline = bridge.gc.as_ref().map(|g| g.deadline);
@@ -122,6 +135,7 @@ pub async fn run_with(
             _ = sleep_until(gc_deadline), if gc_deadline.is_some() => bridge.finish_cleanup().await,
             _ = sleep_until(birth_deadline), if birth_deadline.is_some() => bridge.on_ha_birth(),
             _ = stats_tick.tick() => bridge.publish_bridge_state(),
+            _ = control_tick.tick() => bridge.control_step(),
         }
     }
     tracing::info!("shutting down");
@@ -214,12 +228,19 @@ pub struct Bridge {
     ha_birth_at: Option<Instant>,
     /// What devices said about themselves, for their discovery configs.
     known: Known,
+    control: Control,
+    /// Outputs of loading the control state, published with the rest.
+    control_startup: Vec<control::Output>,
 }
 
 impl Bridge {
     pub fn new(config: Config, topics: Topics, outbox: Arc<Outbox>, client: AsyncClient) -> Self {
         let discovery = discovery_messages(&config, &topics, &Known::default());
         let registry = Registry::from_config(&config);
+        let (control, control_startup) = Control::new(
+            &config,
+            crate::storage::Store::new(config.storage.dir.clone()),
+        );
         Self {
             config,
             topics,
@@ -236,6 +257,8 @@ impl Bridge {
             gc: None,
             ha_birth_at: None,
             known: Known::default(),
+            control,
+            control_startup,
         }
     }
 
@@ -250,6 +273,57 @@ impl Bridge {
         }
         self.publish_bridge_info();
         self.publish_bridge_state();
+        let startup = std::mem::take(&mut self.control_startup);
+        self.apply(startup);
+    }
+
+    /// Runs the control plane on the latest facts.
+    fn control_step(&mut self) {
+        let outputs = self.control.step(&self.registry, control_now());
+        self.apply(outputs);
+    }
+
+    fn apply(&mut self, outputs: Vec<control::Output>) {
+        for o in outputs {
+            match o {
+                control::Output::Switch { plug, on } => {
+                    let command = DeviceCommand::Switch(if on {
+                        SwitchState::On
+                    } else {
+                        SwitchState::Off
+                    });
+                    // A full channel is not an error here: the executor
+                    // resends until the plug confirms.
+                    if let Some(d) = self.drivers.get(&plug) {
+                        if d.commands.try_send(command).is_err() {
+                            tracing::debug!(plug, "plug busy; the switch command will be resent");
+                        }
+                    }
+                }
+                control::Output::BalancerStatus { inverter, status } => {
+                    self.outbox.push(Message::retained(
+                        Class::State,
+                        self.topics.balancer(&inverter),
+                        status.to_string(),
+                    ));
+                }
+                control::Output::Event {
+                    kind,
+                    device,
+                    fields,
+                } => {
+                    self.outbox.push(Message::transient(
+                        self.topics.bridge_event(),
+                        payloads::event(kind, device.as_deref(), fields),
+                    ));
+                }
+                control::Output::PlugAttributes { plug, values } => {
+                    if self.registry.annotate(&plug, values) {
+                        self.republish_device(&plug);
+                    }
+                }
+            }
+        }
     }
 
     async fn on_session(&mut self, session: u64) {
@@ -357,15 +431,28 @@ impl Bridge {
         match *kind {
             IncomingTopic::Request(cmd) => self.on_request(cmd, &msg.payload),
             IncomingTopic::Set(device) => {
-                let parsed = commands::parse_set(&msg.payload);
+                let parsed = commands::parse_set(&msg.payload).map(Command::Set);
                 self.on_device_command(device, &msg.topic, parsed);
             }
             IncomingTopic::SetAttribute(device, attr) => {
-                let parsed = commands::parse_set_attribute(attr, &msg.payload);
+                let parsed = commands::parse_set_attribute(attr, &msg.payload).map(Command::Set);
                 self.on_device_command(device, &msg.topic, parsed);
             }
             IncomingTopic::Get(device) => {
-                self.on_device_command(device, &msg.topic, Ok(DeviceCommand::Refresh))
+                self.on_device_command(device, &msg.topic, Ok(Command::Refresh))
+            }
+            IncomingTopic::BalancerSet(inverter) => {
+                let result = commands::parse_json_object(&msg.payload)
+                    .map_err(|e| e.to_string())
+                    .and_then(|v| {
+                        self.control
+                            .set_balancer(&self.registry, inverter, &v, control_now())
+                            .map_err(|e| e.to_string())
+                    });
+                match result {
+                    Ok(outputs) => self.apply(outputs),
+                    Err(e) => self.command_error(inverter, &msg.topic, e),
+                }
             }
             _ => {}
         }
@@ -399,11 +486,11 @@ impl Bridge {
         &mut self,
         device: &str,
         topic: &str,
-        parsed: Result<DeviceCommand, commands::CommandError>,
+        parsed: Result<Command, commands::CommandError>,
     ) {
         if device == "bridge" {
             match parsed {
-                Ok(DeviceCommand::Refresh) => {
+                Ok(Command::Refresh) => {
                     self.publish_bridge_info();
                     self.publish_bridge_state();
                 }
@@ -434,7 +521,7 @@ impl Bridge {
             Ok(c) => c,
             Err(e) => return self.command_error(device, topic, e.to_string()),
         };
-        if matches!(command, DeviceCommand::Set { .. }) && kind != DeviceKind::Plug {
+        if matches!(command, Command::Set(_)) && kind != DeviceKind::Plug {
             return self.command_error(
                 device,
                 topic,
@@ -444,9 +531,35 @@ impl Bridge {
                 ),
             );
         }
-        if command == DeviceCommand::Refresh {
-            self.republish_device(device);
-        }
+        let command = match command {
+            Command::Refresh => {
+                self.republish_device(device);
+                DeviceCommand::Refresh
+            }
+            Command::Set(set) => {
+                let now = control_now();
+                if let Some(mode) = set.mode {
+                    match self.control.set_mode(&self.registry, device, mode, now) {
+                        Ok(outputs) => self.apply(outputs),
+                        Err(e) => return self.command_error(device, topic, e.to_string()),
+                    }
+                }
+                if let Some(timer) = set.timer {
+                    match self.control.timer(&self.registry, device, timer, now) {
+                        Ok(outputs) => self.apply(outputs),
+                        Err(e) => return self.command_error(device, topic, e.to_string()),
+                    }
+                }
+                match set.state {
+                    // Modes and timers are the bridge's business, not the plug's.
+                    None => return,
+                    Some(state) => {
+                        self.control.user_switched(device);
+                        DeviceCommand::Switch(state)
+                    }
+                }
+            }
+        };
         match self.drivers.get(device) {
             Some(driver) => {
                 if driver.commands.try_send(command).is_err() {
@@ -480,8 +593,14 @@ impl Bridge {
                 let now = OffsetDateTime::now_utc();
                 if self.registry.record(&device, values, now) {
                     self.republish_device(&device);
-                    if self.registry.get(&device).map(|d| d.kind) == Some(DeviceKind::Inverter) {
+                    let kind = self.registry.get(&device).map(|d| d.kind);
+                    if kind == Some(DeviceKind::Inverter) {
                         self.publish_site(now);
+                    }
+                    // React to an overload on the sample that shows it,
+                    // not on the next tick.
+                    if matches!(kind, Some(DeviceKind::Inverter | DeviceKind::Plug)) {
+                        self.control_step();
                     }
                 }
             }
@@ -721,6 +840,7 @@ pub fn discovery_messages(
         // The switch is the device's main feature: it takes the device's
         // name in Home Assistant.
         entities.switch("switch", None);
+        crate::mqtt::control_entities::plug_entities(&mut entities, plug);
         let fields = if unmetered {
             crate::drivers::tapo::task::fields_without_metering()
         } else {
@@ -732,6 +852,9 @@ pub fn discovery_messages(
         entities.refresh_button("refresh", "Refresh");
         out.extend(entities.messages());
     }
+    out.extend(crate::mqtt::control_entities::balancer_devices(
+        config, topics,
+    ));
     if config.inverter.len() > 1 {
         let device = discovery::Device {
             identifiers: vec![discovery::device_identifier(topics, SITE_ID)],

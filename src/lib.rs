@@ -4,6 +4,7 @@
 pub mod app;
 pub mod broker;
 pub mod config;
+pub mod control;
 pub mod core;
 pub mod drivers;
 pub mod model;

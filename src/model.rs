@@ -1,6 +1,6 @@
 //! Shared vocabulary of drivers, core and the MQTT surface.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// What kind of device an id stands for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -31,24 +31,30 @@ pub enum SwitchState {
 }
 
 /// Who decides a plug's state: the automation, or the user's lock.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum PlugMode {
+    #[default]
     Auto,
     On,
     Off,
 }
 
-/// A command addressed to one device.
+/// A command addressed to one device's driver.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DeviceCommand {
-    /// `<device>/set`: any of the fields may be given.
-    Set {
-        state: Option<SwitchState>,
-        mode: Option<PlugMode>,
-    },
+    /// Switch the relay (plugs only).
+    Switch(SwitchState),
     /// `<device>/get`: read the device now and republish.
     Refresh,
+}
+
+/// What a plug's timer is told: run for this long (switching the plug on
+/// now), or stop (switching it off now).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimerCommand {
+    Start(std::time::Duration),
+    Cancel,
 }
 
 /// How one field of a device's state object is presented. Drivers describe

@@ -377,6 +377,8 @@ pub struct BalancerConfig {
     pub enabled: bool,
     /// LOAD-port limit while the grid is present (pass-through relay, breaker).
     pub on_grid_w: f64,
+    /// What is compared with `on_grid_w` while the grid is present.
+    pub on_grid_measure: OnGridMeasure,
     /// Off-grid limit as a percentage of the inverter's rated power.
     pub off_grid_percent: f64,
     pub shed_at_percent: f64,
@@ -407,6 +409,7 @@ impl Default for BalancerConfig {
         Self {
             enabled: true,
             on_grid_w: 7400.0,
+            on_grid_measure: OnGridMeasure::LoadPort,
             off_grid_percent: 90.0,
             shed_at_percent: 100.0,
             emergency_percent: 110.0,
@@ -421,6 +424,20 @@ impl Default for BalancerConfig {
             pv_deficit_after: Duration::from_secs(300),
         }
     }
+}
+
+/// The power the on-grid limit protects (`deye-registers.md`, "Balancer-relevant registers").
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OnGridMeasure {
+    /// The LOAD (backup) port: 175 + 167 − 166, what flows through the
+    /// pass-through relay.
+    #[default]
+    LoadPort,
+    /// The inverter's AC output (175) alone.
+    InverterOutput,
+    /// The house load (178); its meaning depends on CT/load mode.
+    HouseLoad,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]

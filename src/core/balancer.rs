@@ -24,7 +24,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{BalancerConfig, PlugConfig};
+use crate::config::{BalancerConfig, OnGridMeasure, PlugConfig};
 use crate::model::{PlugMode, SwitchState};
 
 /// Plugs drawing less than this are not shed for overload: nothing to gain.
@@ -479,7 +479,12 @@ impl Runtime {
             return Ok(());
         }
         let (limit_w, measured_w) = if inv.grid_connected {
-            (config.on_grid_w, inv.load_port_w())
+            let measured = match config.on_grid_measure {
+                OnGridMeasure::LoadPort => inv.load_port_w(),
+                OnGridMeasure::InverterOutput => inv.ac_output_w,
+                OnGridMeasure::HouseLoad => inv.load_w.unwrap_or_else(|| inv.load_port_w()),
+            };
+            (config.on_grid_w, measured)
         } else {
             // Off-grid the battery may be the tighter limit; PV feeds the
             // AC side directly, so it adds to what the battery may give.

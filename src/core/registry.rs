@@ -84,6 +84,19 @@ impl Registry {
         }
     }
 
+    /// Merges facts the bridge itself keeps about a device (a plug's mode,
+    /// whether it is shed) into its state object without touching
+    /// `last_seen`, which says when the device last spoke.
+    pub fn annotate(&mut self, id: &str, values: Map<String, Value>) -> bool {
+        match self.devices.get_mut(id) {
+            Some(d) => {
+                d.readings.extend(values);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Records reachability; returns whether it changed.
     pub fn set_online(&mut self, id: &str, online: bool) -> bool {
         match self.devices.get_mut(id) {

@@ -3,7 +3,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::model::{DeviceCommand, PlugMode, SwitchState};
+use crate::model::{PlugMode, SwitchState, TimerCommand};
 
 /// Commands are small; anything bigger is refused before parsing.
 pub const MAX_COMMAND_BYTES: usize = 64 * 1024;
@@ -30,17 +30,46 @@ pub enum CommandError {
     Empty(String),
 }
 
-const SET_FIELDS: &[&str] = &["state", "mode"];
+const SET_FIELDS: &[&str] = &["state", "mode", "timer"];
+
+/// The longest plug timer: a day.
+pub const MAX_TIMER_MINUTES: u64 = 24 * 60;
+
+/// A `<device>/set` command: any of the fields may be given.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SetCommand {
+    pub state: Option<SwitchState>,
+    pub mode: Option<PlugMode>,
+    pub timer: Option<TimerCommand>,
+}
+
+/// What arrives for a device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    Set(SetCommand),
+    /// `<device>/get`.
+    Refresh,
+}
+
+/// `{"a": 1}` as a map, for the control commands (balancer, alerts).
+pub fn parse_json_object(payload: &[u8]) -> Result<Value, CommandError> {
+    let text = text(payload)?;
+    match serde_json::from_str::<Value>(text.trim()) {
+        Ok(v @ Value::Object(_)) => Ok(v),
+        Ok(_) => Err(CommandError::NotObject),
+        Err(_) => Err(CommandError::NotJson(preview(text.trim()))),
+    }
+}
 
 /// `{"state":"ON"}`, `{"mode":"auto"}`, `{"state":"OFF","mode":"off"}`,
 /// or a bare `ON` / `OFF` / `TOGGLE`.
-pub fn parse_set(payload: &[u8]) -> Result<DeviceCommand, CommandError> {
+pub fn parse_set(payload: &[u8]) -> Result<SetCommand, CommandError> {
     let text = text(payload)?;
     let trimmed = text.trim();
     if let Some(state) = switch_state(trimmed) {
-        return Ok(DeviceCommand::Set {
+        return Ok(SetCommand {
             state: Some(state),
-            mode: None,
+            ..Default::default()
         });
     }
     let value: Value =
@@ -49,9 +78,9 @@ pub fn parse_set(payload: &[u8]) -> Result<DeviceCommand, CommandError> {
         Value::Object(map) => map,
         Value::String(s) => {
             return switch_state(&s)
-                .map(|state| DeviceCommand::Set {
+                .map(|state| SetCommand {
                     state: Some(state),
-                    mode: None,
+                    ..Default::default()
                 })
                 .ok_or_else(|| invalid("state", &Value::String(s), "ON, OFF, TOGGLE"));
         }
@@ -61,7 +90,7 @@ pub fn parse_set(payload: &[u8]) -> Result<DeviceCommand, CommandError> {
 }
 
 /// `<device>/set/<attribute>` with a bare value: `…/set/state` ← `ON`.
-pub fn parse_set_attribute(attribute: &str, payload: &[u8]) -> Result<DeviceCommand, CommandError> {
+pub fn parse_set_attribute(attribute: &str, payload: &[u8]) -> Result<SetCommand, CommandError> {
     let text = text(payload)?;
     let value = serde_json::from_str::<Value>(text.trim())
         .unwrap_or_else(|_| Value::String(text.trim().to_owned()));
@@ -70,9 +99,10 @@ pub fn parse_set_attribute(attribute: &str, payload: &[u8]) -> Result<DeviceComm
     set_from_map(&map)
 }
 
-fn set_from_map(map: &Map<String, Value>) -> Result<DeviceCommand, CommandError> {
+fn set_from_map(map: &Map<String, Value>) -> Result<SetCommand, CommandError> {
     let mut state = None;
     let mut mode = None;
+    let mut timer = None;
     for (key, value) in map {
         match key.as_str() {
             "state" => {
@@ -91,6 +121,7 @@ fn set_from_map(map: &Map<String, Value>) -> Result<DeviceCommand, CommandError>
                         .ok_or_else(|| invalid("mode", value, "auto, on, off"))?,
                 )
             }
+            "timer" => timer = Some(timer_command(value)?),
             other => {
                 return Err(CommandError::UnknownField {
                     field: other.to_owned(),
@@ -99,10 +130,29 @@ fn set_from_map(map: &Map<String, Value>) -> Result<DeviceCommand, CommandError>
             }
         }
     }
-    if state.is_none() && mode.is_none() {
+    if state.is_none() && mode.is_none() && timer.is_none() {
         return Err(CommandError::Empty(SET_FIELDS.join(", ")));
     }
-    Ok(DeviceCommand::Set { state, mode })
+    Ok(SetCommand { state, mode, timer })
+}
+
+/// `"timer": 30` (minutes; 0 stops it) or `"timer": "cancel"`.
+fn timer_command(value: &Value) -> Result<TimerCommand, CommandError> {
+    const EXPECTED: &str = "minutes from 1 to 1440, 0 or \"cancel\" to stop";
+    let minutes = match value {
+        Value::String(s) if s.trim().eq_ignore_ascii_case("cancel") => {
+            return Ok(TimerCommand::Cancel);
+        }
+        Value::String(s) => s.trim().parse::<f64>().ok(),
+        v => v.as_f64(),
+    };
+    match minutes {
+        Some(0.0) => Ok(TimerCommand::Cancel),
+        Some(m) if m.fract() == 0.0 && (1.0..=MAX_TIMER_MINUTES as f64).contains(&m) => Ok(
+            TimerCommand::Start(std::time::Duration::from_secs(m as u64 * 60)),
+        ),
+        _ => Err(invalid("timer", value, EXPECTED)),
+    }
 }
 
 /// A `bridge/request/<cmd>` body: empty, or a JSON object whose optional
@@ -193,8 +243,12 @@ fn preview(s: &str) -> String {
 mod tests {
     use super::*;
 
-    fn set(state: Option<SwitchState>, mode: Option<PlugMode>) -> DeviceCommand {
-        DeviceCommand::Set { state, mode }
+    fn set(state: Option<SwitchState>, mode: Option<PlugMode>) -> SetCommand {
+        SetCommand {
+            state,
+            mode,
+            timer: None,
+        }
     }
 
     #[test]
@@ -238,8 +292,36 @@ mod tests {
         let e = parse_set(br#"{"state":"ON","colour":"red"}"#).unwrap_err();
         assert_eq!(
             e.to_string(),
-            "unknown field 'colour'; accepted: state, mode"
+            "unknown field 'colour'; accepted: state, mode, timer"
         );
+        assert_eq!(
+            parse_set(br#"{"timer":30}"#).map(|c| c.timer),
+            Ok(Some(TimerCommand::Start(std::time::Duration::from_secs(
+                1800
+            ))))
+        );
+        assert_eq!(
+            parse_set_attribute("timer", b"cancel").map(|c| c.timer),
+            Ok(Some(TimerCommand::Cancel))
+        );
+        assert_eq!(
+            parse_set(br#"{"timer":0}"#).map(|c| c.timer),
+            Ok(Some(TimerCommand::Cancel))
+        );
+        for bad in [
+            &br#"{"timer":-5}"#[..],
+            br#"{"timer":1441}"#,
+            br#"{"timer":2.5}"#,
+            br#"{"timer":"soon"}"#,
+        ] {
+            let e = parse_set(bad).unwrap_err();
+            assert!(e.to_string().contains("'timer'"), "{e}");
+        }
+        assert!(matches!(
+            parse_json_object(b"[1]"),
+            Err(CommandError::NotObject)
+        ));
+        assert!(parse_json_object(br#"{"enabled":false}"#).is_ok());
         let e = parse_set(br#"{"state":"MAYBE"}"#).unwrap_err();
         assert!(e.to_string().contains("'state'"), "{e}");
         let big = vec![b'a'; 1024 * 1024];

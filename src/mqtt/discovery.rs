@@ -273,10 +273,35 @@ pub struct DeviceEntities<'t> {
     origin: Origin,
     availability: Vec<Availability>,
     state_topic: String,
+    /// Where switches, selects and numbers write.
+    command_topic: String,
     entities: Vec<(String, Entity)>,
 }
 
 impl<'t> DeviceEntities<'t> {
+    /// One of the bridge's own control devices (a balancer, the alerts):
+    /// available with the bridge, with its own state and command topics.
+    pub fn control(
+        topics: &'t Topics,
+        node_id: &str,
+        mut device: Device,
+        state_topic: String,
+        command_topic: String,
+    ) -> Self {
+        device.via_device = Some(bridge_identifier(topics));
+        Self {
+            topics,
+            node_id: node_id.to_owned(),
+            uid_prefix: format!("{}_{node_id}", topics.base()),
+            device,
+            origin: origin(),
+            availability: vec![Availability::json_state(topics.bridge_state())],
+            state_topic,
+            command_topic,
+            entities: Vec::new(),
+        }
+    }
+
     /// A device behind the bridge: its entities are available only while
     /// both the bridge and the device are.
     pub fn new(topics: &'t Topics, device_id: &str, mut device: Device) -> Self {
@@ -292,6 +317,7 @@ impl<'t> DeviceEntities<'t> {
                 Availability::json_state(topics.availability(device_id)),
             ],
             state_topic: topics.device_state(device_id),
+            command_topic: topics.set(device_id),
             entities: Vec::new(),
         }
     }
@@ -394,7 +420,7 @@ impl<'t> DeviceEntities<'t> {
             base,
             state_topic: self.state_topic.clone(),
             value_template: Self::field("state"),
-            command_topic: self.topics.set(&self.node_id),
+            command_topic: self.command_topic.clone(),
             payload_on: r#"{"state":"ON"}"#.into(),
             payload_off: r#"{"state":"OFF"}"#.into(),
             state_on: "ON".into(),
@@ -413,7 +439,7 @@ impl<'t> DeviceEntities<'t> {
             base,
             state_topic: self.state_topic.clone(),
             value_template: Self::field(field),
-            command_topic: self.topics.set(&self.node_id),
+            command_topic: self.command_topic.clone(),
             command_template: format!("{{\"{field}\": \"{{{{ value }}}}\"}}"),
             options: options.iter().map(|s| (*s).to_owned()).collect(),
         };
@@ -429,7 +455,7 @@ impl<'t> DeviceEntities<'t> {
             base,
             state_topic: self.state_topic.clone(),
             value_template: Self::field(field),
-            command_topic: self.topics.set(&self.node_id),
+            command_topic: self.command_topic.clone(),
             command_template: format!("{{\"{field}\": {{{{ value }}}}}}"),
             min: range.min,
             max: range.max,
@@ -440,6 +466,53 @@ impl<'t> DeviceEntities<'t> {
         };
         self.entities
             .push((object_id.to_owned(), Entity::Number(e)));
+    }
+
+    /// A switch over a JSON boolean field, written as `{"<field>": true}`.
+    pub fn flag_switch(&mut self, object_id: &str, name: &str, field: &str) {
+        let mut base = self.base(object_id, name, "switch");
+        base.entity_category = Some(EntityCategory::Config);
+        let e = Switch {
+            base,
+            state_topic: self.state_topic.clone(),
+            value_template: Self::field(field),
+            command_topic: self.command_topic.clone(),
+            payload_on: format!("{{\"{field}\": true}}"),
+            payload_off: format!("{{\"{field}\": false}}"),
+            // What the template renders for a JSON boolean.
+            state_on: "True".into(),
+            state_off: "False".into(),
+            device_class: Some("switch"),
+        };
+        self.entities
+            .push((object_id.to_owned(), Entity::Switch(e)));
+    }
+
+    /// A button that writes `payload` to the command topic.
+    pub fn command_button(&mut self, object_id: &str, name: &str, payload: &str) {
+        let base = self.base(object_id, name, "button");
+        let e = Button {
+            base,
+            command_topic: self.command_topic.clone(),
+            payload_press: payload.into(),
+            device_class: None,
+        };
+        self.entities
+            .push((object_id.to_owned(), Entity::Button(e)));
+    }
+
+    /// A binary sensor over a field that is not the object id.
+    pub fn binary_field(
+        &mut self,
+        object_id: &str,
+        name: &str,
+        field: &str,
+        device_class: Option<&'static str>,
+    ) {
+        self.binary_sensor(object_id, name, device_class, None);
+        if let Some((_, Entity::BinarySensor(e))) = self.entities.last_mut() {
+            e.value_template = Self::field(field);
+        }
     }
 
     /// A button that publishes `payload` to the device's `get` topic.
@@ -575,6 +648,7 @@ pub fn bridge_device(topics: &Topics) -> Vec<DiscoveryMessage> {
         origin: origin(),
         availability: vec![Availability::json_state(topics.bridge_state())],
         state_topic: topics.bridge_device_state(),
+        command_topic: topics.set("bridge"),
         entities: Vec::new(),
     };
     let diag = SensorSpec::default().diagnostic();

@@ -2,6 +2,7 @@
 //! command parsing and the connection. Knows nothing of device protocols.
 
 pub mod commands;
+pub mod control_entities;
 pub mod connection;
 pub mod discovery;
 pub mod outbox;

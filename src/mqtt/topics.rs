@@ -22,6 +22,10 @@ pub enum IncomingTopic<'a> {
     Get(&'a str),
     /// `<base>/bridge/request/<cmd>`
     Request(&'a str),
+    /// `<base>/balancer/<inverter>/set`
+    BalancerSet(&'a str),
+    /// `<base>/alerts/set`
+    AlertsSet,
     /// `<prefix>/<component>/<node>/<object>/config`
     DiscoveryConfig,
     Other,
@@ -32,7 +36,12 @@ impl IncomingTopic<'_> {
     pub fn is_command(&self) -> bool {
         matches!(
             self,
-            Self::Set(_) | Self::SetAttribute(..) | Self::Get(_) | Self::Request(_)
+            Self::Set(_)
+                | Self::SetAttribute(..)
+                | Self::Get(_)
+                | Self::Request(_)
+                | Self::BalancerSet(_)
+                | Self::AlertsSet
         )
     }
 }
@@ -105,12 +114,20 @@ impl Topics {
         format!("{}/balancer/{inverter}", self.base)
     }
 
+    pub fn balancer_set(&self, inverter: &str) -> String {
+        format!("{}/balancer/{inverter}/set", self.base)
+    }
+
     pub fn alerts(&self) -> String {
         format!("{}/alerts", self.base)
     }
 
     pub fn alerts_event(&self) -> String {
         format!("{}/alerts/event", self.base)
+    }
+
+    pub fn alerts_set(&self) -> String {
+        format!("{}/alerts/set", self.base)
     }
 
     pub fn ha_status(&self) -> &str {
@@ -136,6 +153,7 @@ impl Topics {
             format!("{}/+/set/+", self.base),
             format!("{}/+/get", self.base),
             format!("{}/bridge/request/+", self.base),
+            format!("{}/balancer/+/set", self.base),
             self.ha_status.clone(),
         ]
     }
@@ -148,6 +166,8 @@ impl Topics {
             let parts: Vec<&'a str> = rest.split('/').collect();
             return match parts.as_slice() {
                 ["bridge", "request", cmd] if !cmd.is_empty() => IncomingTopic::Request(cmd),
+                ["balancer", inv, "set"] if !inv.is_empty() => IncomingTopic::BalancerSet(inv),
+                ["alerts", "set"] => IncomingTopic::AlertsSet,
                 [dev, "set"] if !dev.is_empty() => IncomingTopic::Set(dev),
                 [dev, "set", attr] if !dev.is_empty() && !attr.is_empty() => {
                     IncomingTopic::SetAttribute(dev, attr)
@@ -219,6 +239,15 @@ mod tests {
             t.classify("homeassistant/sensor/x/y/config"),
             IncomingTopic::DiscoveryConfig
         );
+        assert_eq!(
+            t.classify("energy2mqtt/balancer/inverter/set"),
+            IncomingTopic::BalancerSet("inverter")
+        );
+        assert_eq!(
+            t.classify("energy2mqtt/alerts/set"),
+            IncomingTopic::AlertsSet
+        );
+        assert!(IncomingTopic::AlertsSet.is_command());
         assert_eq!(t.classify("energy2mqttx/boiler/set"), IncomingTopic::Other);
         assert_eq!(t.classify("energy2mqtt//set"), IncomingTopic::Other);
         assert_eq!(t.classify("energy2mqtt/boiler"), IncomingTopic::Other);

@@ -242,7 +242,7 @@ async fn run(
             cmd = commands.recv() => match cmd {
                 None => break,
                 Some(DeviceCommand::Refresh) => {}
-                Some(DeviceCommand::Set { .. }) => {
+                Some(DeviceCommand::Switch(_)) => {
                     let _ = events.send(DriverEvent::CommandFailed {
                         device: id.clone(),
                         reason: "an inverter accepts no set commands".into(),

@@ -266,7 +266,7 @@ async fn session<L: PackLink>(
             cmd = commands.recv() => match cmd {
                 None => break Ended::Shutdown,
                 Some(DeviceCommand::Refresh) => fresh = latest.is_some(),
-                Some(DeviceCommand::Set { .. }) => {
+                Some(DeviceCommand::Switch(_)) => {
                     pack.send(DriverEvent::CommandFailed {
                         device: pack.id.clone(),
                         reason: "a BMS takes no set commands (writes are off)".into(),

@@ -337,20 +337,12 @@ async fn run(
             cmd = commands.recv() => match cmd {
                 None => break,
                 Some(DeviceCommand::Refresh) => {}
-                Some(DeviceCommand::Set { state, mode }) => {
-                    if mode.is_some() {
+                Some(DeviceCommand::Switch(state)) => {
+                    if let Err(e) = plug.switch(state).await {
                         plug.send(DriverEvent::CommandFailed {
                             device: plug.id.clone(),
-                            reason: "plug modes (auto/on/off) arrive with the balancer; only state is accepted for now".into(),
+                            reason: format!("switching failed: {e}"),
                         }).await;
-                    }
-                    if let Some(state) = state {
-                        if let Err(e) = plug.switch(state).await {
-                            plug.send(DriverEvent::CommandFailed {
-                                device: plug.id.clone(),
-                                reason: format!("switching failed: {e}"),
-                            }).await;
-                        }
                     }
                     // Read back at once: Home Assistant shows the plug's
                     // real state, whether the command worked or not.

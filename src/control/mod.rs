@@ -1,0 +1,606 @@
+//! The bridge's own control: one overload balancer per inverter, the plug
+//! modes, and the executor that delivers their switch commands. It reads
+//! the devices' latest state from the registry, runs the pure cores of
+//! `crate::core` with the time passed in, keeps their state on disk, and
+//! returns [`Output`]s; the bridge turns those into driver commands and
+//! MQTT messages. Nothing here knows a topic.
+
+pub mod executor;
+pub mod inputs;
+mod persist;
+
+use std::collections::BTreeMap;
+
+use serde_json::{Map, Value, json};
+use time::OffsetDateTime;
+
+use crate::config::{BalancerConfig, Config};
+use crate::core::balancer::{self, BalancerState, Phase, PlugPolicy, Reason, Status, Timestamp};
+use crate::core::registry::Registry;
+use crate::model::{DeviceKind, PlugMode, SwitchState};
+use crate::storage::Store;
+use executor::{Delivery, Executor};
+pub use persist::{LimitOverrides, Saved};
+
+/// What the bridge must do after a control step.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    /// Send this relay state to the plug's driver.
+    Switch { plug: String, on: bool },
+    /// The retained state of an inverter's balancer.
+    BalancerStatus { inverter: String, status: Value },
+    /// A message for `bridge/event`.
+    Event {
+        kind: &'static str,
+        device: Option<String>,
+        fields: Map<String, Value>,
+    },
+    /// Control facts about a plug (mode, shed, timer) to merge into its
+    /// state object.
+    PlugAttributes {
+        plug: String,
+        values: Map<String, Value>,
+    },
+}
+
+/// A rejected control command, worded for the user.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct CommandError(pub String);
+
+fn err<T>(msg: impl Into<String>) -> Result<T, CommandError> {
+    Err(CommandError(msg.into()))
+}
+
+/// One inverter's balancer.
+#[derive(Debug)]
+struct Unit {
+    inverter: String,
+    /// `[balancer]` with the user's edits from Home Assistant applied.
+    config: BalancerConfig,
+    policies: Vec<PlugPolicy>,
+    state: BalancerState,
+    /// The last published status, to publish only changes.
+    published: Option<Value>,
+    phase: Option<Phase>,
+}
+
+/// The control plane's state.
+#[derive(Debug)]
+pub struct Control {
+    store: Store,
+    base_config: BalancerConfig,
+    units: Vec<Unit>,
+    plugs: Vec<String>,
+    saved: Saved,
+    executor: Executor,
+    /// Plug attributes last handed out, to hand out only changes.
+    attributes: BTreeMap<String, Map<String, Value>>,
+    /// A save failed: retried on the next step and reported once.
+    save_failed: bool,
+}
+
+impl Control {
+    /// Loads the saved state; a missing or unreadable file starts afresh
+    /// (reported in the returned outputs, never fatal: the house must keep
+    /// its protection).
+    pub fn new(config: &Config, store: Store) -> (Self, Vec<Output>) {
+        let mut out = Vec::new();
+        let saved = match store.load::<Saved>(persist::FILE) {
+            Ok(s) => s.unwrap_or_default(),
+            Err(e) => {
+                tracing::error!(error = %e, "control state not loaded; starting with nothing shed");
+                out.push(event(
+                    "state_error",
+                    None,
+                    [("error", e.to_string().into())],
+                ));
+                Saved::default()
+            }
+        };
+        let mut control = Self {
+            store,
+            base_config: config.balancer.clone(),
+            units: Vec::new(),
+            plugs: config.plug.iter().map(|p| p.id.clone()).collect(),
+            saved,
+            executor: Executor::default(),
+            attributes: BTreeMap::new(),
+            save_failed: false,
+        };
+        for inv in &config.inverter {
+            let policies = balancer::policies_for(&config.plug, &inv.id);
+            if policies.is_empty() {
+                continue;
+            }
+            let persisted = control
+                .saved
+                .balancers
+                .get(&inv.id)
+                .cloned()
+                .unwrap_or_default();
+            let unit_config = control.unit_config(&inv.id);
+            control.units.push(Unit {
+                inverter: inv.id.clone(),
+                config: unit_config,
+                policies,
+                state: BalancerState::from_persisted(persisted),
+                published: None,
+                phase: None,
+            });
+        }
+        let plugs = control.plugs.clone();
+        control.saved.modes.retain(|p, _| plugs.contains(p));
+        (control, out)
+    }
+
+    /// The inverters that have a balancer.
+    pub fn inverters(&self) -> impl Iterator<Item = &str> {
+        self.units.iter().map(|u| u.inverter.as_str())
+    }
+
+    pub fn mode(&self, plug: &str) -> PlugMode {
+        self.saved.modes.get(plug).copied().unwrap_or_default()
+    }
+
+    fn unit_config(&self, inverter: &str) -> BalancerConfig {
+        let mut c = self.base_config.clone();
+        if let Some(o) = self.saved.limits.get(inverter) {
+            if let Some(v) = o.on_grid_w {
+                c.on_grid_w = v;
+            }
+            if let Some(v) = o.off_grid_percent {
+                c.off_grid_percent = v;
+            }
+        }
+        c
+    }
+
+    /// One control step: call it on every fresh inverter or plug reading
+    /// and at least once a second.
+    pub fn step(&mut self, registry: &Registry, now: Timestamp) -> Vec<Output> {
+        let mut out = Vec::new();
+        for plug in &self.plugs {
+            if let Some(on) = plug_on(registry, plug) {
+                self.executor.observed(plug, on);
+            }
+        }
+        let bms_limit = if self.units.len() == 1 {
+            inputs::bms_discharge_limit(registry)
+        } else {
+            None
+        };
+        let mut changed = false;
+        for i in 0..self.units.len() {
+            changed |= self.step_unit(i, registry, bms_limit, now, &mut out);
+        }
+        for d in self.executor.due(now, |p| {
+            registry.get(p).is_some_and(|e| e.online == Some(true))
+        }) {
+            match d {
+                Delivery::Send { plug, on } => out.push(Output::Switch { plug, on }),
+                Delivery::Unconfirmed {
+                    plug,
+                    on,
+                    origin,
+                    attempts,
+                } => {
+                    tracing::warn!(
+                        plug,
+                        on,
+                        origin,
+                        attempts,
+                        "the plug has not confirmed a switch command; still trying"
+                    );
+                    out.push(event(
+                        "command_unconfirmed",
+                        Some(&plug),
+                        [
+                            ("state", switch_text(on).into()),
+                            ("by", origin.into()),
+                            ("attempts", attempts.into()),
+                        ],
+                    ));
+                }
+            }
+        }
+        if changed || self.save_failed {
+            self.save(&mut out);
+        }
+        self.plug_attributes(now, &mut out);
+        out
+    }
+
+    fn step_unit(
+        &mut self,
+        i: usize,
+        registry: &Registry,
+        bms_limit: Option<f64>,
+        now: Timestamp,
+        out: &mut Vec<Output>,
+    ) -> bool {
+        let unit = &self.units[i];
+        let snapshot = balancer::Snapshot {
+            inverter: registry
+                .get(&unit.inverter)
+                .and_then(|e| inputs::inverter(e, bms_limit)),
+            plugs: unit
+                .policies
+                .iter()
+                .map(|p| {
+                    inputs::plug(
+                        &p.id,
+                        registry.get(&p.id),
+                        self.mode(&p.id),
+                        self.executor.is_pending(&p.id),
+                    )
+                })
+                .collect(),
+        };
+        let d = balancer::tick(&snapshot, &unit.config, &unit.policies, &unit.state, now);
+        let span = tracing::info_span!("balancer", inverter = %unit.inverter);
+        let _enter = span.enter();
+        if let Some(e) = &d.rejected {
+            tracing::warn!(error = %e, "inverter sample ignored by the balancer");
+        }
+        let inverter = unit.inverter.clone();
+        let prev_phase = unit.phase;
+        for a in &d.actions {
+            let on = a.state == SwitchState::On;
+            let action = if on { "restore" } else { "shed" };
+            tracing::info!(
+                plug = %a.plug,
+                reason = reason_text(a.reason),
+                load_w = d.status.load_w,
+                limit_w = d.status.limit_w,
+                plug_w = a.power_w,
+                "{action}"
+            );
+            if let Delivery::Send { plug, on } = self.executor.want(&a.plug, on, "balancer", now) {
+                out.push(Output::Switch { plug, on });
+            }
+            out.push(event(
+                "balancer_action",
+                Some(&a.plug),
+                [
+                    ("inverter", inverter.clone().into()),
+                    ("action", action.into()),
+                    ("plug", a.plug.clone().into()),
+                    ("reason", reason_text(a.reason).into()),
+                    ("load_w", opt_num(d.status.load_w)),
+                    ("limit_w", opt_num(d.status.limit_w)),
+                    ("plug_w", round(a.power_w).into()),
+                ],
+            ));
+        }
+        for n in &d.notices {
+            let balancer::Notice::Override { plug, until } = n;
+            self.executor.cancel(plug);
+            tracing::info!(plug = %plug, until = %rfc3339(*until), "a shed plug was switched on by hand: the balancer leaves it on for the override window");
+            out.push(event(
+                "balancer_override",
+                Some(plug),
+                [
+                    ("inverter", inverter.clone().into()),
+                    ("plug", plug.clone().into()),
+                    ("until", rfc3339(*until).into()),
+                ],
+            ));
+        }
+        let phase = d.status.state;
+        if prev_phase != Some(phase) && prev_phase.is_some() {
+            tracing::info!(from = ?prev_phase, to = ?phase, "balancer state");
+            if matches!(phase, Phase::Failsafe | Phase::Stale)
+                || prev_phase == Some(Phase::Failsafe)
+            {
+                out.push(event(
+                    "balancer_state",
+                    Some(&inverter),
+                    [("state", json!(phase))],
+                ));
+            }
+        }
+        let enabled = d.state.persisted().enabled && unit.config.enabled;
+        let status = status_json(&d.status, &unit.config, enabled, now);
+        let unit = &mut self.units[i];
+        unit.phase = Some(phase);
+        unit.state = d.state;
+        if unit.published.as_ref() != Some(&status) {
+            unit.published = Some(status.clone());
+            out.push(Output::BalancerStatus { inverter, status });
+        }
+        d.persist
+    }
+
+    fn save(&mut self, out: &mut Vec<Output>) {
+        self.saved.balancers = self
+            .units
+            .iter()
+            .map(|u| (u.inverter.clone(), u.state.persisted().clone()))
+            .collect();
+        match self.store.save(persist::FILE, &self.saved) {
+            Ok(()) => {
+                if self.save_failed {
+                    tracing::info!("control state saved again");
+                }
+                self.save_failed = false;
+            }
+            Err(e) => {
+                if !self.save_failed {
+                    tracing::error!(error = %e, "control state not saved; a restart would forget what is shed");
+                    out.push(event(
+                        "state_error",
+                        None,
+                        [("error", e.to_string().into())],
+                    ));
+                }
+                self.save_failed = true;
+            }
+        }
+    }
+
+    /// The plug attributes that changed since they were last handed out.
+    fn plug_attributes(&mut self, _now: Timestamp, out: &mut Vec<Output>) {
+        for plug in &self.plugs {
+            let mut m = Map::new();
+            m.insert("mode".into(), json!(self.mode(plug)));
+            let shed = self
+                .units
+                .iter()
+                .find_map(|u| u.state.persisted().plugs.get(plug))
+                .and_then(|s| s.shed.map(|r| (r, s.override_until)));
+            let over = self
+                .units
+                .iter()
+                .find_map(|u| u.state.persisted().plugs.get(plug))
+                .and_then(|s| s.override_until);
+            m.insert("shed".into(), shed.is_some().into());
+            m.insert(
+                "shed_reason".into(),
+                shed.map_or(Value::Null, |(r, _)| reason_text(r.reason).into()),
+            );
+            m.insert(
+                "shed_since".into(),
+                shed.map_or(Value::Null, |(r, _)| rfc3339(r.since).into()),
+            );
+            m.insert(
+                "override_until".into(),
+                over.map_or(Value::Null, |t| rfc3339(t).into()),
+            );
+            if self.attributes.get(plug) != Some(&m) {
+                self.attributes.insert(plug.clone(), m.clone());
+                out.push(Output::PlugAttributes {
+                    plug: plug.clone(),
+                    values: m,
+                });
+            }
+        }
+    }
+
+    /// The user switched a plug: the automation stops pushing its own wish
+    /// (the balancer sees the new state and treats it as an override).
+    pub fn user_switched(&mut self, plug: &str) {
+        self.executor.cancel(plug);
+    }
+
+    /// `{"mode": "auto"|"on"|"off"}` for a plug. `on` and `off` switch the
+    /// plug at once and lock it there.
+    pub fn set_mode(
+        &mut self,
+        registry: &Registry,
+        plug: &str,
+        mode: PlugMode,
+        now: Timestamp,
+    ) -> Result<Vec<Output>, CommandError> {
+        if !self.plugs.iter().any(|p| p == plug) {
+            return err(format!("'{plug}' is not a plug"));
+        }
+        self.saved.modes.insert(plug.to_owned(), mode);
+        if mode == PlugMode::Auto {
+            self.saved.modes.remove(plug);
+        }
+        let mut out = Vec::new();
+        match mode {
+            PlugMode::Auto => self.executor.cancel(plug),
+            PlugMode::On | PlugMode::Off => {
+                let on = mode == PlugMode::On;
+                if let Delivery::Send { plug, on } = self.executor.want(plug, on, "mode", now) {
+                    out.push(Output::Switch { plug, on });
+                }
+            }
+        }
+        tracing::info!(plug, mode = ?mode, "plug mode set");
+        out.extend(self.step(registry, now));
+        self.save(&mut out);
+        Ok(out)
+    }
+
+    /// A change of an inverter's balancer: `{"enabled": bool, "on_grid_w":
+    /// W, "off_grid_percent": %}`, any subset. Validated as a whole before
+    /// anything changes.
+    pub fn set_balancer(
+        &mut self,
+        registry: &Registry,
+        inverter: &str,
+        payload: &Value,
+        now: Timestamp,
+    ) -> Result<Vec<Output>, CommandError> {
+        let Some(i) = self.units.iter().position(|u| u.inverter == inverter) else {
+            let known: Vec<&str> = self.inverters().collect();
+            return err(format!(
+                "no balancer for '{inverter}'; balancers: {}",
+                if known.is_empty() {
+                    "none (no [[plug]] names an inverter)".to_owned()
+                } else {
+                    known.join(", ")
+                }
+            ));
+        };
+        let Some(obj) = payload.as_object() else {
+            return err("expected a JSON object such as {\"enabled\": false}");
+        };
+        if obj.is_empty() {
+            return err("nothing to set; accepted: enabled, on_grid_w, off_grid_percent");
+        }
+        let mut enabled = None;
+        let mut limits = self.saved.limits.get(inverter).cloned().unwrap_or_default();
+        for (k, v) in obj {
+            match k.as_str() {
+                "enabled" => {
+                    enabled = Some(parse_bool(v).ok_or_else(|| {
+                        CommandError(format!("enabled: expected true or false, got {v}"))
+                    })?)
+                }
+                "on_grid_w" => limits.on_grid_w = Some(ranged(k, v, 100.0, 100_000.0)?),
+                "off_grid_percent" => limits.off_grid_percent = Some(ranged(k, v, 10.0, 100.0)?),
+                other => {
+                    return err(format!(
+                        "unknown field '{other}'; accepted: enabled, on_grid_w, off_grid_percent"
+                    ));
+                }
+            }
+        }
+        self.saved.limits.insert(inverter.to_owned(), limits);
+        let config = self.unit_config(inverter);
+        let unit = &mut self.units[i];
+        unit.config = config;
+        if let Some(e) = enabled {
+            unit.state.set_enabled(e);
+        }
+        tracing::info!(inverter, change = %payload, "balancer settings changed");
+        let mut out = self.step(registry, now);
+        self.save(&mut out);
+        Ok(out)
+    }
+
+    /// A plug timer: start (switch on now, off later) or cancel (off now).
+    pub fn timer(
+        &mut self,
+        _registry: &Registry,
+        plug: &str,
+        _command: crate::model::TimerCommand,
+        _now: Timestamp,
+    ) -> Result<Vec<Output>, CommandError> {
+        err(format!("timers for '{plug}' are not wired yet"))
+    }
+
+    /// Everything a freshly connected client needs again.
+    pub fn republish(&mut self) {
+        for u in &mut self.units {
+            u.published = None;
+        }
+        self.attributes.clear();
+    }
+}
+
+fn plug_on(registry: &Registry, plug: &str) -> Option<bool> {
+    match registry.get(plug)?.readings.get("state")?.as_str()? {
+        "ON" => Some(true),
+        "OFF" => Some(false),
+        _ => None,
+    }
+}
+
+fn parse_bool(v: &Value) -> Option<bool> {
+    match v {
+        Value::Bool(b) => Some(*b),
+        Value::String(s) => match s.to_ascii_uppercase().as_str() {
+            "ON" | "TRUE" => Some(true),
+            "OFF" | "FALSE" => Some(false),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+fn ranged(key: &str, v: &Value, min: f64, max: f64) -> Result<f64, CommandError> {
+    let n = v
+        .as_f64()
+        .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+        .filter(|n: &f64| n.is_finite());
+    match n {
+        Some(n) if (min..=max).contains(&n) => Ok(n),
+        _ => err(format!(
+            "{key}: expected a number from {min} to {max}, got {v}"
+        )),
+    }
+}
+
+fn event<const N: usize>(
+    kind: &'static str,
+    device: Option<&str>,
+    fields: [(&str, Value); N],
+) -> Output {
+    Output::Event {
+        kind,
+        device: device.map(str::to_owned),
+        fields: fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+    }
+}
+
+pub fn reason_text(r: Reason) -> &'static str {
+    match r {
+        Reason::Overload => "overload",
+        Reason::Emergency => "emergency",
+        Reason::Failsafe => "failsafe",
+        Reason::PvDeficit => "pv_deficit",
+        Reason::Restore => "restore",
+        Reason::PvSurplus => "pv_surplus",
+    }
+}
+
+fn switch_text(on: bool) -> &'static str {
+    if on { "ON" } else { "OFF" }
+}
+
+fn round(v: f64) -> f64 {
+    (v * 10.0).round() / 10.0
+}
+
+fn opt_num(v: Option<f64>) -> Value {
+    v.map_or(Value::Null, |v| round(v).into())
+}
+
+pub fn rfc3339(t: Timestamp) -> String {
+    let nanos = i128::from(t.0) * 1_000_000;
+    OffsetDateTime::from_unix_timestamp_nanos(nanos)
+        .map(crate::mqtt::payloads::timestamp)
+        .unwrap_or_default()
+}
+
+/// `<base>/balancer/<inverter>`: the status without the sample age, which
+/// changes on every tick and would make every tick a publish.
+fn status_json(s: &Status, c: &BalancerConfig, enabled: bool, _now: Timestamp) -> Value {
+    let shed: Vec<Value> = s
+        .shed
+        .iter()
+        .map(|e| {
+            json!({
+                "plug": e.plug,
+                "reason": reason_text(e.reason),
+                "since": rfc3339(e.since),
+                "power_w": round(e.power_w),
+            })
+        })
+        .collect();
+    json!({
+        "state": s.state,
+        "enabled": enabled,
+        "shedding": !s.shed.is_empty(),
+        "grid_connected": s.grid_connected,
+        "limit_w": opt_num(s.limit_w),
+        "load_w": opt_num(s.load_w),
+        "headroom_w": opt_num(s.headroom_w),
+        "shed_count": s.shed_count,
+        "shed_power_w": round(s.shed_power_w),
+        "shed": shed,
+        "on_grid_w": c.on_grid_w,
+        "off_grid_percent": c.off_grid_percent,
+    })
+}
+
+/// Plugs whose switch commands come from the user rather than the
+/// automation are those in `kind` Plug; the bridge asks before routing.
+pub fn is_plug(registry: &Registry, id: &str) -> bool {
+    registry.get(id).is_some_and(|e| e.kind == DeviceKind::Plug)
+}

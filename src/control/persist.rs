@@ -1,0 +1,31 @@
+//! The control plane's state on disk (`<storage dir>/control.json`):
+//! what is shed and why, modes, the user's limit edits, timers and alert
+//! thresholds. Written atomically on every change (see `crate::storage`).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::core::balancer::PersistedState;
+use crate::model::PlugMode;
+
+pub const FILE: &str = "control";
+
+/// Limits changed from Home Assistant; `None` keeps the configured value.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LimitOverrides {
+    pub on_grid_w: Option<f64>,
+    pub off_grid_percent: Option<f64>,
+}
+
+/// Everything in `control.json`. Unknown and missing keys are tolerated so
+/// that an older or newer file still loads.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Saved {
+    pub balancers: BTreeMap<String, PersistedState>,
+    pub limits: BTreeMap<String, LimitOverrides>,
+    /// Plugs not in `auto`.
+    pub modes: BTreeMap<String, PlugMode>,
+}
