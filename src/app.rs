@@ -279,7 +279,10 @@ impl Bridge {
 
     /// Runs the control plane on the latest facts.
     fn control_step(&mut self) {
-        let outputs = self.control.step(&self.registry, control_now());
+        let now = control_now();
+        let outputs = self
+            .control
+            .step(&self.registry, now, crate::clock::local_at(now));
         self.apply(outputs);
     }
 
@@ -545,7 +548,11 @@ impl Bridge {
                     }
                 }
                 if let Some(timer) = set.timer {
-                    match self.control.timer(&self.registry, device, timer, now) {
+                    let local = crate::clock::local_at(now);
+                    match self
+                        .control
+                        .timer(&self.registry, device, timer, now, local)
+                    {
                         Ok(outputs) => self.apply(outputs),
                         Err(e) => return self.command_error(device, topic, e.to_string()),
                     }

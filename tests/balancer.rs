@@ -462,3 +462,79 @@ async fn a_shed_plug_found_on_after_a_restart_is_an_override_reported_once() {
         .json();
     assert!(boiler["override_until"].is_string(), "{boiler}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plug_timer_switches_on_and_cancel_switches_off_and_locks_refuse_it() {
+    let broker = Broker::start(BrokerKind::Embedded);
+    let house = House::start().await;
+    house.heater.set_on(false);
+    let mut client = Client::connect(broker.port, TOPICS).await;
+    let bridge = Bridge::start(&broker.url(), &house.config(), &[]);
+    client
+        .expect(Duration::from_secs(20), |m| {
+            m.topic == "energy2mqtt/heater" && m.json()["state"] == "OFF"
+        })
+        .await
+        .expect("heater read");
+    let publisher = client.client.clone();
+    let set = |payload: &'static str| {
+        let c = publisher.clone();
+        async move {
+            c.publish(
+                "energy2mqtt/heater/set",
+                rumqttc::QoS::AtLeastOnce,
+                false,
+                payload,
+            )
+            .await
+            .unwrap();
+        }
+    };
+    set(r#"{"timer": 30}"#).await;
+    let timed = client
+        .expect(Duration::from_secs(5), |m| {
+            m.topic == "energy2mqtt/heater" && m.json()["timer"] == 30
+        })
+        .await
+        .expect("the timer's minutes are published")
+        .json();
+    assert!(timed["timer_off_at"].is_string(), "{timed}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !house.heater.is_on() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(house.heater.is_on(), "a timer switches the plug on now");
+    set(r#"{"timer": "cancel"}"#).await;
+    client
+        .expect(Duration::from_secs(5), |m| {
+            m.topic == "energy2mqtt/heater" && m.json()["timer"] == 0
+        })
+        .await
+        .expect("the timer is gone");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while house.heater.is_on() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!house.heater.is_on(), "cancel switches the plug off");
+    client.drain();
+    set(r#"{"mode": "on"}"#).await;
+    set(r#"{"timer": 15}"#).await;
+    let e = client
+        .expect(Duration::from_secs(5), |m| {
+            m.topic == "energy2mqtt/bridge/event" && m.json()["type"] == "command_error"
+        })
+        .await
+        .expect("a timer on a locked plug is refused")
+        .json();
+    assert!(e["error"].as_str().unwrap().contains("locked"), "{e}");
+    set(r#"{"timer": 9999}"#).await;
+    let e = client
+        .expect(Duration::from_secs(5), |m| {
+            m.topic == "energy2mqtt/bridge/event" && m.json()["type"] == "command_error"
+        })
+        .await
+        .expect("an out-of-range timer is refused")
+        .json();
+    assert!(e["error"].as_str().unwrap().contains("timer"), "{e}");
+    drop(bridge);
+}

@@ -7,11 +7,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use energy2mqtt::config::schedule::{Schedule, TimeOfDay, Weekday};
 use energy2mqtt::config::{
     AlertsConfig, BalancerConfig, BmsConfig, BmsVariant, BrokerConfig, Config, ConfigError,
     ConfigErrors, HomeAssistantConfig, InverterConfig, InverterTransport, LogConfig, MqttConfig,
-    PlugConfig, Secret, Sources, StorageConfig, TapoConfig, load_from,
+    PlugConfig, RuleOverride, Secret, Sources, StorageConfig, TapoConfig, load_from,
 };
+use energy2mqtt::core::alerts::Level;
 
 const BIN: &str = env!("CARGO_BIN_EXE_energy2mqtt");
 const EXAMPLE: &str = concat!(
@@ -171,6 +173,109 @@ fn unknown_key_from_the_environment_names_the_variable() {
     let e = expect_error(&errors, "mqtt.bogus", "unknown key `bogus`");
     let origin = e.origin.as_deref().unwrap_or_default();
     assert!(origin.contains("E2M_MQTT__BOGUS"), "origin: {origin}");
+}
+
+// -------------------------------------------------------------- schedules
+
+#[test]
+fn plug_schedule_loads() {
+    let toml = format!(
+        "{TAPO}
+[[plug]]
+id = \"boiler\"
+host = \"127.0.0.1\"
+schedule = [
+  {{ on = \"07:00\", off = \"8:30\", days = [\"mon\", \"Friday\"] }},
+  {{ on = \"22:00\", off = \"06:00\" }},
+  {{ off = \"23:15\", days = [\"sun\"] }},
+]
+surplus_on_w = 2200
+surplus_for = \"5m\"
+"
+    );
+    let c = load_ok(&toml, &[]);
+    let p = &c.plug[0];
+    assert_eq!(
+        p.schedule,
+        vec![
+            Schedule {
+                on: TimeOfDay::new(7, 0),
+                off: TimeOfDay::new(8, 30),
+                days: vec![Weekday::Mon, Weekday::Fri],
+            },
+            Schedule {
+                on: TimeOfDay::new(22, 0),
+                off: TimeOfDay::new(6, 0),
+                days: Weekday::ALL.to_vec(),
+            },
+            Schedule {
+                on: None,
+                off: TimeOfDay::new(23, 15),
+                days: vec![Weekday::Sun],
+            },
+        ]
+    );
+    assert_eq!(p.surplus_on_w, Some(2200.0));
+    assert_eq!(p.surplus_off_w, 0.0);
+    assert_eq!(p.surplus_for, Duration::from_secs(300));
+    // Without the keys: no schedule, no surplus rule, the defaults.
+    let plain = load_ok(
+        &format!("{TAPO}\n[[plug]]\nid = \"p\"\nhost = \"127.0.0.1\"\n"),
+        &[],
+    );
+    assert!(plain.plug[0].schedule.is_empty());
+    assert_eq!(plain.plug[0].surplus_on_w, None);
+    assert_eq!(plain.plug[0].surplus_for, Duration::from_secs(120));
+}
+
+#[test]
+fn plug_schedule_bad_time_names_the_key() {
+    let toml = format!(
+        "{TAPO}
+[[plug]]
+id = \"boiler\"
+host = \"127.0.0.1\"
+schedule = [{{ on = \"07:00\" }}, {{ on = \"25:00\", off = \"08:00\" }}]
+"
+    );
+    let errors = load_err(&toml, &[]);
+    expect_error(
+        &errors,
+        "plug[0].schedule[1].on",
+        "\"25:00\" is not a time of day (HH:MM)",
+    );
+}
+
+#[test]
+fn plug_schedule_bad_weekday_names_the_key() {
+    let toml = format!(
+        "{TAPO}
+[[plug]]
+id = \"boiler\"
+host = \"127.0.0.1\"
+schedule = [{{ on = \"07:00\", days = [\"mon\", \"funday\"] }}]
+"
+    );
+    let errors = load_err(&toml, &[]);
+    expect_error(
+        &errors,
+        "plug[0].schedule[0].days[1]",
+        "\"funday\" is not a weekday",
+    );
+}
+
+#[test]
+fn plug_schedule_entry_needs_a_time() {
+    let toml = format!(
+        "{TAPO}
+[[plug]]
+id = \"boiler\"
+host = \"127.0.0.1\"
+schedule = [{{ days = [\"mon\"] }}]
+"
+    );
+    let errors = load_err(&toml, &[]);
+    expect_error(&errors, "plug[0].schedule[0]", "needs `on`, `off` or both");
 }
 
 // ---------------------------------------------------------------- devices
@@ -623,6 +728,140 @@ fn unrelated_e2m_variables_are_ignored() {
     assert_eq!(c, Config::default());
 }
 
+// ------------------------------------------------------------ alert rules
+
+#[test]
+fn alert_rule_override_is_read() {
+    let c = load_ok(
+        "[alerts.rules.soc_low]
+enabled = false
+threshold = 25
+hysteresis = 3.5
+for = \"2m\"
+level = \"critical\"
+repeat_after = \"1h\"
+",
+        &[],
+    );
+    assert_eq!(
+        c.alerts.rules["soc_low"],
+        RuleOverride {
+            enabled: Some(false),
+            threshold: Some(25.0),
+            hysteresis: Some(3.5),
+            for_duration: Some(Duration::from_secs(120)),
+            level: Some(Level::Critical),
+            repeat_after: Some(Duration::from_secs(3600)),
+        }
+    );
+    assert_eq!(c.alerts.rules.len(), 1);
+}
+
+#[test]
+fn unknown_alert_rule_is_rejected_naming_the_key() {
+    let errors = load_err("[alerts.rules.soc_lowest]\nthreshold = 5\n", &[]);
+    let e = expect_error(
+        &errors,
+        "alerts.rules.soc_lowest",
+        "unknown alert rule `soc_lowest`",
+    );
+    assert!(e.reason.contains("soc_low,"), "lists the rule ids: {e}");
+    let origin = e.origin.as_deref().unwrap_or_default();
+    assert!(
+        origin.contains("energy2mqtt.toml"),
+        "names the file: {origin}"
+    );
+}
+
+#[test]
+fn bad_alert_threshold_is_rejected_naming_the_key() {
+    let errors = load_err("[alerts.rules.soc_low]\nthreshold = 150\n", &[]);
+    expect_error(
+        &errors,
+        "alerts.rules.soc_low.threshold",
+        "150 is outside 1 to 99 %",
+    );
+    let errors = load_err("[alerts.rules.cell_max_high]\nthreshold = 36.5\n", &[]);
+    expect_error(
+        &errors,
+        "alerts.rules.cell_max_high.threshold",
+        "36.5 is outside 2 to 4.5 V",
+    );
+    let errors = load_err("[alerts.rules.bms_alarm]\nthreshold = 1\n", &[]);
+    expect_error(
+        &errors,
+        "alerts.rules.bms_alarm.threshold",
+        "has no threshold",
+    );
+    let errors = load_err("[alerts.rules.soc_low]\nhysteresis = -1\n", &[]);
+    expect_error(&errors, "alerts.rules.soc_low.hysteresis", "outside 0 to");
+}
+
+#[test]
+fn bad_alert_rule_keys_and_values_name_the_key() {
+    let errors = load_err("[alerts.rules.soc_low]\nlevel = \"fatal\"\n", &[]);
+    expect_error(&errors, "alerts.rules.soc_low.level", "fatal");
+    let errors = load_err("[alerts.rules.soc_low]\nfor = \"5x\"\n", &[]);
+    expect_error(&errors, "alerts.rules.soc_low.for", "invalid duration");
+    let errors = load_err("[alerts.rules.soc_low]\nrepeat_after = \"10s\"\n", &[]);
+    expect_error(&errors, "alerts.rules.soc_low.repeat_after", "at least 1m");
+    let errors = load_err("[alerts.rules.soc_low]\nbogus = 1\n", &[]);
+    let e = expect_error(&errors, "alerts.rules.soc_low.bogus", "unknown key `bogus`");
+    assert!(e.reason.contains("threshold"), "lists the keys: {e}");
+}
+
+#[test]
+fn alert_rule_override_from_the_environment() {
+    let c = load_ok(
+        "",
+        &[("E2M_ALERTS__RULES__CELL_DELTA_ERROR__THRESHOLD", "0.08")],
+    );
+    assert_eq!(c.alerts.rules["cell_delta_error"].threshold, Some(0.08));
+
+    let errors = load_err("", &[("E2M_ALERTS__RULES__SOC_LOW__THRESHOLD", "250")]);
+    let e = expect_error(&errors, "alerts.rules.soc_low.threshold", "outside");
+    let origin = e.origin.as_deref().unwrap_or_default();
+    assert!(
+        origin.contains("E2M_ALERTS__RULES__SOC_LOW__THRESHOLD"),
+        "names the variable: {origin}"
+    );
+}
+
+#[test]
+fn example_alert_rule_block_loads_when_uncommented() {
+    let text = std::fs::read_to_string(EXAMPLE).expect("example file");
+    let start = text
+        .find("# [alerts.rules.")
+        .expect("an [alerts.rules.<id>] example");
+    let mut toml = String::new();
+    for line in text[start..].lines() {
+        let Some(rest) = line.strip_prefix("# ") else {
+            break;
+        };
+        if rest.starts_with('[') || key_of(line).is_some() {
+            toml.push_str(rest);
+            toml.push('\n');
+        }
+    }
+    let c = load_ok(&toml, &[]);
+    assert_eq!(c.alerts.rules.len(), 1, "{toml}");
+    let o = c.alerts.rules.values().next().expect("one rule");
+    assert!(o.threshold.is_some() && o.for_duration.is_some(), "{toml}");
+}
+
+#[test]
+fn alerts_doc_examples_load() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/ALERTS.md");
+    let doc = std::fs::read_to_string(path).expect("docs/ALERTS.md");
+    let mut blocks = 0;
+    for block in doc.split("```toml\n").skip(1) {
+        let toml = &block[..block.find("```").expect("closed block")];
+        load(toml, &[]).unwrap_or_else(|e| panic!("{e}\n{toml}"));
+        blocks += 1;
+    }
+    assert!(blocks >= 2, "the [alerts] and [alerts.rules] examples");
+}
+
 // ------------------------------------------------------- shipped configs
 
 #[test]
@@ -768,6 +1007,14 @@ fn every_key() -> Config {
             min_off: d,
             failsafe_shed: true,
             pv_deficit_off: true,
+            schedule: vec![Schedule {
+                on: TimeOfDay::new(7, 0),
+                off: TimeOfDay::new(8, 30),
+                days: vec![Weekday::Mon],
+            }],
+            surplus_on_w: Some(1.0),
+            surplus_off_w: 0.0,
+            surplus_for: d,
         }],
         balancer: BalancerConfig::default(),
         alerts: AlertsConfig::default(),
@@ -804,6 +1051,29 @@ fn key_of(line: &str) -> Option<&str> {
     ok.then_some(key)
 }
 
+/// `[section]`, or `# [section]` for a table shown commented out.
+fn table_header(trimmed: &str) -> Option<&str> {
+    let uncommented = trimmed
+        .strip_prefix('#')
+        .map(str::trim)
+        .filter(|h| h.starts_with('[') && h.ends_with(']') && !h.contains(' '));
+    uncommented.or_else(|| trimmed.starts_with('[').then_some(trimmed))
+}
+
+/// The keys of an `[alerts.rules.<id>]` table.
+fn rule_override_keys() -> Vec<String> {
+    let every = RuleOverride {
+        enabled: Some(true),
+        threshold: Some(1.0),
+        hysteresis: Some(1.0),
+        for_duration: Some(Duration::from_secs(1)),
+        level: Some(Level::Error),
+        repeat_after: Some(Duration::from_secs(60)),
+    };
+    let value = toml::Value::try_from(every).expect("serializable");
+    value.as_table().expect("a table").keys().cloned().collect()
+}
+
 #[test]
 fn example_file_documents_every_key() {
     let text = std::fs::read_to_string(EXAMPLE).expect("example file");
@@ -812,8 +1082,8 @@ fn example_file_documents_every_key() {
     let mut previous = "";
     for line in text.lines() {
         let trimmed = line.trim();
-        if trimmed.starts_with('[') {
-            let name = trimmed.trim_matches(|c| c == '[' || c == ']');
+        if let Some(header) = table_header(trimmed) {
+            let name = header.trim_matches(|c| c == '[' || c == ']');
             section = Some(name.to_owned());
         } else if let (Some(section), Some(key)) = (&section, key_of(line)) {
             let first = documented.insert((section.clone(), key.to_owned()));
@@ -827,7 +1097,24 @@ fn example_file_documents_every_key() {
         }
         previous = line;
     }
-    let expected = all_keys();
+    let mut expected = all_keys();
+    // `[alerts.rules.<id>]` is shown commented out, for one rule at least.
+    let rule_sections: BTreeSet<&String> = documented
+        .iter()
+        .map(|(section, _)| section)
+        .filter(|s| s.starts_with("alerts.rules."))
+        .collect();
+    assert!(!rule_sections.is_empty(), "no [alerts.rules.<id>] example");
+    for section in rule_sections {
+        let id = &section["alerts.rules.".len()..];
+        assert!(
+            energy2mqtt::core::alerts::rule_ids().any(|r| r == id),
+            "[{section}]: no such rule"
+        );
+        for key in rule_override_keys() {
+            expected.insert((section.clone(), key));
+        }
+    }
     let missing: Vec<_> = expected.difference(&documented).collect();
     assert!(missing.is_empty(), "keys not in the example: {missing:?}");
     let unknown: Vec<_> = documented.difference(&expected).collect();

@@ -2,8 +2,10 @@
 //! the original app's variables. Loading lives in [`load`], checks in
 //! [`validate`]; every key is documented in `config/energy2mqtt.example.toml`.
 
+mod alerts;
 pub mod duration;
 mod load;
+pub mod schedule;
 pub mod secret;
 mod validate;
 
@@ -15,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::model::DeviceKind;
 
+pub use alerts::{AlertsConfig, BatteryChemistry, RuleOverride};
 pub use load::{ConfigError, ConfigErrors, Sources, load, load_from};
 pub use secret::Secret;
 
@@ -356,6 +359,19 @@ pub struct PlugConfig {
     /// Switch off when PV stays below the load (the original's auto-off).
     #[serde(default)]
     pub pv_deficit_off: bool,
+    /// Time-of-day switching; see docs/TIMERS.md.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub schedule: Vec<schedule::Schedule>,
+    /// Switch on once the PV surplus (PV − house load) has stayed at or
+    /// above this many W for `surplus_for`; unset = no surplus rule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub surplus_on_w: Option<f64>,
+    /// Switch a plug the surplus rule turned on off again once the surplus
+    /// has stayed below this for `surplus_for`.
+    #[serde(default = "schedule::default_surplus_off_w")]
+    pub surplus_off_w: f64,
+    #[serde(default = "schedule::default_surplus_for", with = "duration")]
+    pub surplus_for: Duration,
 }
 
 fn yes() -> bool {
@@ -438,40 +454,6 @@ pub enum OnGridMeasure {
     InverterOutput,
     /// The house load (178); its meaning depends on CT/load mode.
     HouseLoad,
-}
-
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum BatteryChemistry {
-    #[default]
-    Lifepo4,
-    Nmc,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct AlertsConfig {
-    pub enabled: bool,
-    /// Threshold preset; individual rules come with the alerts issue.
-    pub chemistry: BatteryChemistry,
-    #[serde(with = "duration")]
-    pub startup_grace: Duration,
-    #[serde(with = "duration")]
-    pub repeat_after: Duration,
-    #[serde(with = "duration")]
-    pub unreachable_after: Duration,
-}
-
-impl Default for AlertsConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            chemistry: BatteryChemistry::Lifepo4,
-            startup_grace: Duration::from_secs(180),
-            repeat_after: Duration::from_secs(12 * 3600),
-            unreachable_after: Duration::from_secs(300),
-        }
-    }
 }
 
 impl Config {

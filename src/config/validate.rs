@@ -237,6 +237,9 @@ pub fn validate(config: &Config) -> Result<(), ConfigErrors> {
                 err(k("inverter"), format!("no [[inverter]] with id '{inv}'"));
             }
         }
+        for (key, reason) in super::schedule::check_plug(plug) {
+            err(k(key), reason);
+        }
     }
 
     let b = &config.balancer;

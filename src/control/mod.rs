@@ -17,7 +17,8 @@ use time::OffsetDateTime;
 use crate::config::{BalancerConfig, Config};
 use crate::core::balancer::{self, BalancerState, Phase, PlugPolicy, Reason, Status, Timestamp};
 use crate::core::registry::Registry;
-use crate::model::{DeviceKind, PlugMode, SwitchState};
+use crate::core::timers::{self, LocalTime, PlugAutomation, PlugTimerStatus, TimerAction};
+use crate::model::{DeviceKind, PlugMode, SwitchState, TimerCommand};
 use crate::storage::Store;
 use executor::{Delivery, Executor};
 pub use persist::{LimitOverrides, Saved};
@@ -72,6 +73,8 @@ pub struct Control {
     base_config: BalancerConfig,
     units: Vec<Unit>,
     plugs: Vec<String>,
+    automations: Vec<PlugAutomation>,
+    timer_status: BTreeMap<String, PlugTimerStatus>,
     saved: Saved,
     executor: Executor,
     /// Plug attributes last handed out, to hand out only changes.
@@ -103,6 +106,8 @@ impl Control {
             base_config: config.balancer.clone(),
             units: Vec::new(),
             plugs: config.plug.iter().map(|p| p.id.clone()).collect(),
+            automations: PlugAutomation::all(&config.plug),
+            timer_status: BTreeMap::new(),
             saved,
             executor: Executor::default(),
             attributes: BTreeMap::new(),
@@ -158,7 +163,7 @@ impl Control {
 
     /// One control step: call it on every fresh inverter or plug reading
     /// and at least once a second.
-    pub fn step(&mut self, registry: &Registry, now: Timestamp) -> Vec<Output> {
+    pub fn step(&mut self, registry: &Registry, now: Timestamp, local: LocalTime) -> Vec<Output> {
         let mut out = Vec::new();
         for plug in &self.plugs {
             if let Some(on) = plug_on(registry, plug) {
@@ -174,6 +179,7 @@ impl Control {
         for i in 0..self.units.len() {
             changed |= self.step_unit(i, registry, bms_limit, now, &mut out);
         }
+        changed |= self.step_timers(registry, now, local, &mut out);
         for d in self.executor.due(now, |p| {
             registry.get(p).is_some_and(|e| e.online == Some(true))
         }) {
@@ -312,6 +318,75 @@ impl Control {
         d.persist
     }
 
+    fn step_timers(
+        &mut self,
+        registry: &Registry,
+        now: Timestamp,
+        local: LocalTime,
+        out: &mut Vec<Output>,
+    ) -> bool {
+        let relay_on: BTreeMap<String, bool> = self
+            .plugs
+            .iter()
+            .filter_map(|p| Some((p.clone(), plug_on(registry, p)?)))
+            .collect();
+        let d = timers::tick(
+            &self.automations,
+            &self.saved.timers,
+            local,
+            now,
+            site_surplus(registry),
+            &relay_on,
+        );
+        self.saved.timers = d.state;
+        self.timer_status = d.status;
+        for a in d.actions {
+            self.automation_switch(&a, now, out);
+        }
+        d.persist
+    }
+
+    /// Carries out a timer, schedule or surplus action unless a lock or
+    /// the balancer stands in the way (the balancer always wins).
+    fn automation_switch(&mut self, a: &TimerAction, now: Timestamp, out: &mut Vec<Output>) {
+        let on = a.state == SwitchState::On;
+        let reason = serde_json::to_value(a.reason).unwrap_or(Value::Null);
+        let blocked = if self.mode(&a.plug) != PlugMode::Auto {
+            Some("the plug's mode locks it")
+        } else if on && self.is_shed(&a.plug) {
+            Some("the balancer has shed the plug")
+        } else {
+            None
+        };
+        if let Some(why) = blocked {
+            tracing::info!(plug = %a.plug, ?reason, why, "automation switch skipped");
+            return;
+        }
+        tracing::info!(plug = %a.plug, on, ?reason, "automation switch");
+        if let Delivery::Send { plug, on } = self.executor.want(&a.plug, on, "timer", now) {
+            out.push(Output::Switch { plug, on });
+        }
+        out.push(event(
+            "plug_automation",
+            Some(&a.plug),
+            [
+                ("plug", a.plug.clone().into()),
+                ("state", switch_text(on).into()),
+                ("reason", reason),
+            ],
+        ));
+    }
+
+    fn is_shed(&self, plug: &str) -> bool {
+        self.units.iter().any(|u| {
+            u.state
+                .persisted()
+                .plugs
+                .get(plug)
+                .is_some_and(|s| s.shed.is_some())
+        })
+    }
+
     fn save(&mut self, out: &mut Vec<Output>) {
         self.saved.balancers = self
             .units
@@ -367,6 +442,36 @@ impl Control {
                 "override_until".into(),
                 over.map_or(Value::Null, |t| rfc3339(t).into()),
             );
+            let ts = self.timer_status.get(plug);
+            let off_at = ts.and_then(|t| t.timer_off_at);
+            // Whole minutes, rounded up, for the timer number entity; the
+            // exact end is in timer_off_at.
+            let left_min = ts
+                .and_then(|t| t.timer_left_s)
+                .map_or(0, |s| s.div_ceil(60));
+            m.insert("timer".into(), left_min.into());
+            m.insert(
+                "timer_off_at".into(),
+                off_at.map_or(Value::Null, |t| rfc3339(t).into()),
+            );
+            m.insert(
+                "next_schedule".into(),
+                ts.and_then(|t| t.next_schedule).map_or(Value::Null, |n| {
+                    json!(format!(
+                        "{} {} {}",
+                        switch_text(n.state == SwitchState::On),
+                        serde_json::to_value(n.weekday)
+                            .ok()
+                            .and_then(|v| v.as_str().map(str::to_owned))
+                            .unwrap_or_default(),
+                        n.at
+                    ))
+                }),
+            );
+            m.insert(
+                "surplus_active".into(),
+                ts.is_some_and(|t| t.surplus_active).into(),
+            );
             if self.attributes.get(plug) != Some(&m) {
                 self.attributes.insert(plug.clone(), m.clone());
                 out.push(Output::PlugAttributes {
@@ -410,7 +515,7 @@ impl Control {
             }
         }
         tracing::info!(plug, mode = ?mode, "plug mode set");
-        out.extend(self.step(registry, now));
+        out.extend(self.step(registry, now, crate::clock::local_at(now)));
         self.save(&mut out);
         Ok(out)
     }
@@ -468,20 +573,66 @@ impl Control {
             unit.state.set_enabled(e);
         }
         tracing::info!(inverter, change = %payload, "balancer settings changed");
-        let mut out = self.step(registry, now);
+        let mut out = self.step(registry, now, crate::clock::local_at(now));
         self.save(&mut out);
         Ok(out)
     }
 
     /// A plug timer: start (switch on now, off later) or cancel (off now).
+    /// Starting is the user's explicit wish, so it switches a shed plug on
+    /// too (the balancer then treats it as an override); a locked plug
+    /// must be put back to `auto` first.
     pub fn timer(
         &mut self,
-        _registry: &Registry,
+        registry: &Registry,
         plug: &str,
-        _command: crate::model::TimerCommand,
-        _now: Timestamp,
+        command: TimerCommand,
+        now: Timestamp,
+        local: LocalTime,
     ) -> Result<Vec<Output>, CommandError> {
-        err(format!("timers for '{plug}' are not wired yet"))
+        let mode = self.mode(plug);
+        if mode != PlugMode::Auto && self.plugs.iter().any(|p| p == plug) {
+            return err(format!(
+                "'{plug}' is locked by its mode '{}'; set the mode to auto to use a timer",
+                serde_json::to_value(mode)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default()
+            ));
+        }
+        let action = match command {
+            TimerCommand::Start(d) => {
+                timers::start_timer(&mut self.saved.timers, &self.automations, plug, d, now)
+            }
+            TimerCommand::Cancel => {
+                timers::cancel_timer(&mut self.saved.timers, &self.automations, plug, now)
+            }
+        }
+        .map_err(|e| CommandError(e.to_string()))?;
+        let mut out = Vec::new();
+        let on = action.state == SwitchState::On;
+        if on {
+            self.executor.cancel(plug);
+        }
+        if let Delivery::Send { plug, on } = self.executor.want(&action.plug, on, "timer", now) {
+            out.push(Output::Switch { plug, on });
+        }
+        out.push(event(
+            "plug_automation",
+            Some(&action.plug),
+            [
+                ("plug", action.plug.clone().into()),
+                ("state", switch_text(on).into()),
+                (
+                    "reason",
+                    serde_json::to_value(action.reason).unwrap_or(Value::Null),
+                ),
+            ],
+        ));
+        tracing::info!(plug, ?command, "plug timer");
+        out.extend(self.step(registry, now, local));
+        self.save(&mut out);
+        Ok(out)
     }
 
     /// Everything a freshly connected client needs again.
@@ -499,6 +650,19 @@ fn plug_on(registry: &Registry, plug: &str) -> Option<bool> {
         "OFF" => Some(false),
         _ => None,
     }
+}
+
+/// PV minus house load summed over the inverters that report both.
+fn site_surplus(registry: &Registry) -> Option<f64> {
+    let mut total = None;
+    for (_, d) in registry.iter() {
+        if d.kind == DeviceKind::Inverter && d.online == Some(true) {
+            if let Some(s) = inputs::surplus_w(d) {
+                *total.get_or_insert(0.0) += s;
+            }
+        }
+    }
+    total
 }
 
 fn parse_bool(v: &Value) -> Option<bool> {

@@ -28,4 +28,5 @@ pub struct Saved {
     pub limits: BTreeMap<String, LimitOverrides>,
     /// Plugs not in `auto`.
     pub modes: BTreeMap<String, PlugMode>,
+    pub timers: crate::core::timers::TimerState,
 }

@@ -29,6 +29,39 @@ pub fn plug_entities(e: &mut DeviceEntities<'_>, plug: &PlugConfig) {
     if plug.inverter.is_some() {
         e.binary_field("shed", "Shed by the balancer", "shed", None);
     }
+    // The original app's timer: setting minutes switches the plug on and
+    // off again after them; the state shows the minutes left.
+    e.number(
+        "timer",
+        "Timer",
+        "timer",
+        NumberRange {
+            min: 0.0,
+            max: 480.0,
+            step: 15.0,
+            unit: Some("min"),
+            device_class: None,
+        },
+    );
+    e.command_button("timer_cancel", "Cancel timer", r#"{"timer": "cancel"}"#);
+    e.sensor(
+        "timer_off_at",
+        "Timer ends",
+        SensorSpec {
+            device_class: Some("timestamp"),
+            ..SensorSpec::default()
+        },
+    );
+    if !plug.schedule.is_empty() {
+        e.sensor(
+            "next_schedule",
+            "Next scheduled switch",
+            SensorSpec {
+                icon: Some("mdi:calendar-clock"),
+                ..SensorSpec::default()
+            },
+        );
+    }
 }
 
 /// One device per balancer: its switch, limits and figures.
