@@ -320,6 +320,19 @@ impl Bridge {
                         payloads::event(kind, device.as_deref(), fields),
                     ));
                 }
+                control::Output::Alerts(v) => {
+                    self.outbox.push(Message::retained(
+                        Class::State,
+                        self.topics.alerts(),
+                        v.to_string(),
+                    ));
+                }
+                control::Output::AlertEvent(v) => {
+                    self.outbox.push(Message::transient(
+                        self.topics.alerts_event(),
+                        v.to_string(),
+                    ));
+                }
                 control::Output::PlugAttributes { plug, values } => {
                     if self.registry.annotate(&plug, values) {
                         self.republish_device(&plug);
@@ -443,6 +456,19 @@ impl Bridge {
             }
             IncomingTopic::Get(device) => {
                 self.on_device_command(device, &msg.topic, Ok(Command::Refresh))
+            }
+            IncomingTopic::AlertsSet => {
+                let result = commands::parse_json_object(&msg.payload)
+                    .map_err(|e| e.to_string())
+                    .and_then(|v| {
+                        self.control
+                            .set_alert_thresholds(&self.registry, &v, control_now())
+                            .map_err(|e| e.to_string())
+                    });
+                match result {
+                    Ok(outputs) => self.apply(outputs),
+                    Err(e) => self.command_error("alerts", &msg.topic, e),
+                }
             }
             IncomingTopic::BalancerSet(inverter) => {
                 let result = commands::parse_json_object(&msg.payload)
@@ -861,6 +887,10 @@ pub fn discovery_messages(
     }
     out.extend(crate::mqtt::control_entities::balancer_devices(
         config, topics,
+    ));
+    out.extend(crate::mqtt::control_entities::alerts_device(
+        &crate::core::alerts::Rules::from_config(&config.alerts),
+        topics,
     ));
     if config.inverter.len() > 1 {
         let device = discovery::Device {

@@ -15,6 +15,7 @@ use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
 
 use crate::config::{BalancerConfig, Config};
+use crate::core::alerts::{self, AlertState, Rules};
 use crate::core::balancer::{self, BalancerState, Phase, PlugPolicy, Reason, Status, Timestamp};
 use crate::core::registry::Registry;
 use crate::core::timers::{self, LocalTime, PlugAutomation, PlugTimerStatus, TimerAction};
@@ -36,6 +37,11 @@ pub enum Output {
         device: Option<String>,
         fields: Map<String, Value>,
     },
+    /// The retained list of active alerts with the family flags and the
+    /// thresholds (`<base>/alerts`).
+    Alerts(Value),
+    /// One raise or clear (`<base>/alerts/event`).
+    AlertEvent(Value),
     /// Control facts about a plug (mode, shed, timer) to merge into its
     /// state object.
     PlugAttributes {
@@ -75,6 +81,9 @@ pub struct Control {
     plugs: Vec<String>,
     automations: Vec<PlugAutomation>,
     timer_status: BTreeMap<String, PlugTimerStatus>,
+    rules: Rules,
+    alert_state: AlertState,
+    alerts_published: Option<Value>,
     saved: Saved,
     executor: Executor,
     /// Plug attributes last handed out, to hand out only changes.
@@ -108,6 +117,9 @@ impl Control {
             plugs: config.plug.iter().map(|p| p.id.clone()).collect(),
             automations: PlugAutomation::all(&config.plug),
             timer_status: BTreeMap::new(),
+            rules: Rules::from_config(&config.alerts),
+            alert_state: AlertState::new(),
+            alerts_published: None,
             saved,
             executor: Executor::default(),
             attributes: BTreeMap::new(),
@@ -136,6 +148,15 @@ impl Control {
         }
         let plugs = control.plugs.clone();
         control.saved.modes.retain(|p, _| plugs.contains(p));
+        let edits = std::mem::take(&mut control.saved.alert_thresholds);
+        for (rule, value) in edits {
+            match control.rules.set_threshold(&rule, value) {
+                Ok(()) => {
+                    control.saved.alert_thresholds.insert(rule, value);
+                }
+                Err(e) => tracing::warn!(rule, error = %e, "saved alert threshold dropped"),
+            }
+        }
         (control, out)
     }
 
@@ -180,6 +201,7 @@ impl Control {
             changed |= self.step_unit(i, registry, bms_limit, now, &mut out);
         }
         changed |= self.step_timers(registry, now, local, &mut out);
+        self.step_alerts(registry, now, &mut out);
         for d in self.executor.due(now, |p| {
             registry.get(p).is_some_and(|e| e.online == Some(true))
         }) {
@@ -375,6 +397,125 @@ impl Control {
                 ("reason", reason),
             ],
         ));
+    }
+
+    fn step_alerts(&mut self, registry: &Registry, now: Timestamp, out: &mut Vec<Output>) {
+        let failsafe: Vec<&str> = self
+            .units
+            .iter()
+            .filter(|u| u.phase == Some(Phase::Failsafe))
+            .map(|u| u.inverter.as_str())
+            .collect();
+        let inputs = alerts::Inputs {
+            devices: registry
+                .iter()
+                .map(|(id, d)| alerts::DeviceInput {
+                    id,
+                    name: &d.name,
+                    kind: d.kind,
+                    online: d.online,
+                    readings: &d.readings,
+                })
+                .collect(),
+            balancer_failsafe: failsafe,
+        };
+        let outcome = alerts::evaluate(&inputs, &self.rules, &self.alert_state, now);
+        self.alert_state = outcome.state;
+        for e in &outcome.events {
+            let span = tracing::info_span!("alert", device = %e.device);
+            let _enter = span.enter();
+            match e.kind {
+                alerts::EventKind::Raise => {
+                    tracing::warn!(rule = %e.rule, level = e.level.as_str(), "{}", e.message)
+                }
+                alerts::EventKind::Clear => {
+                    tracing::info!(rule = %e.rule, "cleared: {}", e.message)
+                }
+            }
+            let mut v = serde_json::to_value(e).unwrap_or(Value::Null);
+            if let Some(obj) = v.as_object_mut() {
+                // Home Assistant's event entity reads `event_type`.
+                obj.insert(
+                    "event_type".into(),
+                    obj.get("kind").cloned().unwrap_or(Value::Null),
+                );
+                obj.insert("at".into(), rfc3339(e.at).into());
+            }
+            out.push(Output::AlertEvent(v));
+        }
+        let payload = self.alerts_payload(&outcome.active);
+        if self.alerts_published.as_ref() != Some(&payload) {
+            self.alerts_published = Some(payload.clone());
+            out.push(Output::Alerts(payload));
+        }
+    }
+
+    fn alerts_payload(&self, active: &[alerts::ActiveAlert]) -> Value {
+        let list: Vec<Value> = active
+            .iter()
+            .map(|a| {
+                let mut v = serde_json::to_value(a).unwrap_or(Value::Null);
+                if let Some(obj) = v.as_object_mut() {
+                    obj.insert("since".into(), rfc3339(a.since).into());
+                }
+                v
+            })
+            .collect();
+        let families: Map<String, Value> = alerts::FAMILIES
+            .iter()
+            .map(|f| {
+                (
+                    (*f).to_owned(),
+                    active.iter().any(|a| a.family == *f).into(),
+                )
+            })
+            .collect();
+        let thresholds: Map<String, Value> = self
+            .rules
+            .iter()
+            .filter_map(|r| Some((r.id.to_owned(), r.threshold?.into())))
+            .collect();
+        json!({
+            "count": active.len(),
+            "active": list,
+            "families": families,
+            "thresholds": thresholds,
+        })
+    }
+
+    /// Threshold edits: `{"<rule id>": value, ...}`, validated as a whole
+    /// before any is applied; kept across restarts.
+    pub fn set_alert_thresholds(
+        &mut self,
+        registry: &Registry,
+        payload: &Value,
+        now: Timestamp,
+    ) -> Result<Vec<Output>, CommandError> {
+        let Some(obj) = payload.as_object().filter(|o| !o.is_empty()) else {
+            return err(
+                "expected a JSON object of rule ids and thresholds, such as {\"soc_low\": 25}",
+            );
+        };
+        let mut rules = self.rules.clone();
+        let mut edits = Vec::new();
+        for (rule, v) in obj {
+            let value = v
+                .as_f64()
+                .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+                .ok_or_else(|| CommandError(format!("{rule}: expected a number, got {v}")))?;
+            rules
+                .set_threshold(rule, value)
+                .map_err(|e| CommandError(format!("{rule}: {e}")))?;
+            edits.push((rule.clone(), value));
+        }
+        self.rules = rules;
+        for (rule, value) in edits {
+            tracing::info!(rule, value, "alert threshold changed");
+            self.saved.alert_thresholds.insert(rule, value);
+        }
+        let mut out = self.step(registry, now, crate::clock::local_at(now));
+        self.save(&mut out);
+        Ok(out)
     }
 
     fn is_shed(&self, plug: &str) -> bool {
@@ -641,6 +782,7 @@ impl Control {
             u.published = None;
         }
         self.attributes.clear();
+        self.alerts_published = None;
     }
 }
 

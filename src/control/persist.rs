@@ -29,4 +29,6 @@ pub struct Saved {
     /// Plugs not in `auto`.
     pub modes: BTreeMap<String, PlugMode>,
     pub timers: crate::core::timers::TimerState,
+    /// Alert thresholds changed from Home Assistant, by rule id.
+    pub alert_thresholds: BTreeMap<String, f64>,
 }

@@ -7,6 +7,7 @@ use super::discovery::{
     Device, DeviceEntities, DiscoveryMessage, NumberRange, SensorSpec, device_identifier,
 };
 use crate::config::{Config, PlugConfig};
+use crate::core::alerts::{self, Rules};
 
 /// The inverters that have a balancer: those some plug protects.
 pub fn balanced_inverters(config: &Config) -> Vec<&str> {
@@ -149,4 +150,59 @@ pub fn balancer_devices(config: &Config, topics: &Topics) -> Vec<DiscoveryMessag
         out.extend(e.messages());
     }
     out
+}
+
+/// The alerts device: a problem sensor per family, the number of active
+/// alerts, an event entity for raises and clears, and a number per
+/// threshold.
+pub fn alerts_device(rules: &Rules, topics: &Topics) -> Vec<DiscoveryMessage> {
+    let families = rules.families();
+    if families.is_empty() {
+        return Vec::new();
+    }
+    let device = Device {
+        identifiers: vec![device_identifier(topics, "alerts")],
+        name: "energy2mqtt Alerts".into(),
+        manufacturer: Some("energy2mqtt".into()),
+        model: Some("Alert rules".into()),
+        ..Default::default()
+    };
+    let mut e = DeviceEntities::control(
+        topics,
+        &format!("{}_alerts", topics.base()),
+        device,
+        topics.alerts(),
+        topics.alerts_set(),
+    );
+    e.sensor(
+        "active",
+        "Active alerts",
+        SensorSpec {
+            field: Some("count"),
+            state_class: Some("measurement"),
+            icon: Some("mdi:alert"),
+            ..SensorSpec::default()
+        },
+    );
+    for f in families {
+        let name = alerts::family_name(f).unwrap_or(f);
+        e.binary_field(f, name, &format!("families.{f}"), Some("problem"));
+    }
+    e.event("event", "Alert", topics.alerts_event(), &["raise", "clear"]);
+    for r in rules.iter().filter(|r| r.enabled && r.threshold.is_some()) {
+        e.number_at(
+            &format!("threshold_{}", r.id),
+            &format!("{} threshold", r.name),
+            r.id,
+            &format!("thresholds.{}", r.id),
+            NumberRange {
+                min: r.min,
+                max: r.max,
+                step: r.step,
+                unit: (!r.unit.is_empty()).then_some(r.unit),
+                device_class: None,
+            },
+        );
+    }
+    e.messages()
 }

@@ -468,6 +468,22 @@ impl<'t> DeviceEntities<'t> {
             .push((object_id.to_owned(), Entity::Number(e)));
     }
 
+    /// A number whose state is at `state_path` (`a.b`) and which is written
+    /// as `{"<field>": <number>}`.
+    pub fn number_at(
+        &mut self,
+        object_id: &str,
+        name: &str,
+        field: &str,
+        state_path: &str,
+        range: NumberRange,
+    ) {
+        self.number(object_id, name, field, range);
+        if let Some((_, Entity::Number(e))) = self.entities.last_mut() {
+            e.value_template = Self::field(state_path);
+        }
+    }
+
     /// A switch over a JSON boolean field, written as `{"<field>": true}`.
     pub fn flag_switch(&mut self, object_id: &str, name: &str, field: &str) {
         let mut base = self.base(object_id, name, "switch");

@@ -2,8 +2,8 @@
 //! command parsing and the connection. Knows nothing of device protocols.
 
 pub mod commands;
-pub mod control_entities;
 pub mod connection;
+pub mod control_entities;
 pub mod discovery;
 pub mod outbox;
 pub mod payloads;
