@@ -493,8 +493,10 @@ impl Bridge {
                 let result = match cmd {
                     "health_check" => Ok(json!({"healthy": true})),
                     "info" => Ok(self.bridge_info()),
+                    "balancer" => self.request_balancer(req.body),
+                    "alert_thresholds" => self.request_alert_thresholds(req.body),
                     other => Err(format!(
-                        "unknown request '{other}'; available: health_check, info"
+                        "unknown request '{other}'; available: health_check, info, balancer, alert_thresholds"
                     )),
                 };
                 (result, req.transaction)
@@ -509,6 +511,43 @@ impl Bridge {
             self.topics.bridge_response(cmd),
             payloads::response(result, transaction),
         ));
+    }
+
+    /// `bridge/request/balancer` `{"inverter": id, ...changes}`: answers
+    /// with the balancer's state after the change (none: just the state).
+    fn request_balancer(&mut self, mut body: Map<String, Value>) -> Result<Value, String> {
+        let inverter = match body.remove("inverter") {
+            Some(Value::String(s)) => s,
+            _ => return Err("give the balancer's inverter: {\"inverter\": \"<id>\"}".into()),
+        };
+        if !body.is_empty() {
+            let outputs = self
+                .control
+                .set_balancer(
+                    &self.registry,
+                    &inverter,
+                    &Value::Object(body),
+                    control_now(),
+                )
+                .map_err(|e| e.to_string())?;
+            self.apply(outputs);
+        }
+        self.control
+            .balancer_status(&inverter)
+            .ok_or_else(|| format!("no balancer for '{inverter}'"))
+    }
+
+    /// `bridge/request/alert_thresholds` `{"<rule>": value, ...}`: answers
+    /// with every threshold in force.
+    fn request_alert_thresholds(&mut self, body: Map<String, Value>) -> Result<Value, String> {
+        if !body.is_empty() {
+            let outputs = self
+                .control
+                .set_alert_thresholds(&self.registry, &Value::Object(body), control_now())
+                .map_err(|e| e.to_string())?;
+            self.apply(outputs);
+        }
+        Ok(self.control.alert_thresholds())
     }
 
     fn on_device_command(

@@ -62,6 +62,7 @@ async fn an_inverter_fault_raises_and_clears_and_thresholds_are_editable() {
             "energy2mqtt/alerts",
             "energy2mqtt/alerts/event",
             "energy2mqtt/bridge/event",
+            "energy2mqtt/bridge/response/+",
             "homeassistant/+/energy2mqtt_alerts/+/config",
         ],
     )
@@ -182,4 +183,47 @@ async fn an_inverter_fault_raises_and_clears_and_thresholds_are_editable() {
         })
         .await
         .expect("the threshold survives a restart");
+
+    // The same through a bridge request, with a response.
+    client
+        .client
+        .publish(
+            "energy2mqtt/bridge/request/alert_thresholds",
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            r#"{"soc_low": 30, "transaction": "t1"}"#,
+        )
+        .await
+        .unwrap();
+    let r = client
+        .expect(
+            Duration::from_secs(5),
+            topic_is("energy2mqtt/bridge/response/alert_thresholds"),
+        )
+        .await
+        .expect("a response")
+        .json();
+    assert_eq!(r["status"], "ok", "{r}");
+    assert_eq!(r["transaction"], "t1");
+    assert_eq!(r["data"]["soc_low"], 30.0);
+    client
+        .client
+        .publish(
+            "energy2mqtt/bridge/request/balancer",
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            r#"{"inverter": "inverter", "enabled": false}"#,
+        )
+        .await
+        .unwrap();
+    let r = client
+        .expect(
+            Duration::from_secs(5),
+            topic_is("energy2mqtt/bridge/response/balancer"),
+        )
+        .await
+        .expect("a response")
+        .json();
+    assert_eq!(r["status"], "error", "{r}");
+    assert!(r["error"].as_str().unwrap().contains("no balancer"), "{r}");
 }

@@ -776,6 +776,22 @@ impl Control {
         Ok(out)
     }
 
+    /// The last published state of an inverter's balancer.
+    pub fn balancer_status(&self, inverter: &str) -> Option<Value> {
+        let u = self.units.iter().find(|u| u.inverter == inverter)?;
+        Some(u.published.clone().unwrap_or(Value::Null))
+    }
+
+    /// Every alert threshold in force, by rule id.
+    pub fn alert_thresholds(&self) -> Value {
+        Value::Object(
+            self.rules
+                .iter()
+                .filter_map(|r| Some((r.id.to_owned(), r.threshold?.into())))
+                .collect(),
+        )
+    }
+
     /// Everything a freshly connected client needs again.
     pub fn republish(&mut self) {
         for u in &mut self.units {
