@@ -926,3 +926,234 @@ fn status_json(s: &Status, c: &BalancerConfig, enabled: bool, _now: Timestamp) -
 pub fn is_plug(registry: &Registry, id: &str) -> bool {
     registry.get(id).is_some_and(|e| e.kind == DeviceKind::Plug)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T0: u64 = 1_780_000_000_000;
+
+    fn config() -> Config {
+        toml::from_str(
+            r#"
+            [tapo]
+            email = "a@b.c"
+            password = "x"
+            [[inverter]]
+            id = "inv"
+            host = "127.0.0.1"
+            serial = 1
+            [[plug]]
+            id = "boiler"
+            host = "127.0.0.1"
+            inverter = "inv"
+            min_on = "1s"
+            [[plug]]
+            id = "lamp"
+            host = "127.0.0.1"
+            "#,
+        )
+        .unwrap()
+    }
+
+    fn at(ms: u64) -> Timestamp {
+        Timestamp::from_millis(ms)
+    }
+
+    fn seen(ms: u64) -> OffsetDateTime {
+        OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).unwrap()
+    }
+
+    fn feed(r: &mut Registry, t: u64, load_w: f64, boiler_on: bool) {
+        r.set_online("inv", true);
+        r.set_online("boiler", true);
+        r.set_online("lamp", true);
+        let inv = json!({"rated_power": 6000, "inverter_power": load_w, "grid_port_power": 0,
+                         "gen_port_power": 0, "grid_connected": true});
+        r.record("inv", inv.as_object().unwrap().clone(), seen(t));
+        let b = json!({"state": if boiler_on { "ON" } else { "OFF" }, "power": if boiler_on { 2000.0 } else { 0.0 }});
+        r.record("boiler", b.as_object().unwrap().clone(), seen(t));
+        let l = json!({"state": "OFF"});
+        r.record("lamp", l.as_object().unwrap().clone(), seen(t));
+    }
+
+    fn local() -> LocalTime {
+        LocalTime::EPOCH
+    }
+
+    fn switches(out: &[Output]) -> Vec<(String, bool)> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::Switch { plug, on } => Some((plug.clone(), *on)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Runs the controller once a second with the house at `load_w`.
+    fn run(
+        c: &mut Control,
+        r: &mut Registry,
+        from: u64,
+        secs: u64,
+        load_w: f64,
+        boiler_on: &mut bool,
+    ) -> Vec<Output> {
+        let mut all = Vec::new();
+        for s in 0..secs {
+            let t = from + s * 1000;
+            feed(
+                r,
+                t,
+                load_w + if *boiler_on { 2000.0 } else { 0.0 },
+                *boiler_on,
+            );
+            let out = c.step(r, at(t), local());
+            for (plug, on) in switches(&out) {
+                if plug == "boiler" {
+                    *boiler_on = on;
+                }
+            }
+            all.extend(out);
+        }
+        all
+    }
+
+    #[test]
+    fn sheds_persists_and_a_restarted_control_remembers() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config();
+        let (mut c, out) = Control::new(&cfg, Store::new(dir.path()));
+        assert!(out.is_empty());
+        let mut r = Registry::from_config(&cfg);
+        let mut boiler = true;
+        run(&mut c, &mut r, T0, 10, 1000.0, &mut boiler);
+        assert!(boiler, "3 kW is under 7.4 kW");
+        let out = run(&mut c, &mut r, T0 + 10_000, 15, 6000.0, &mut boiler);
+        assert_eq!(switches(&out), vec![("boiler".to_owned(), false)]);
+        assert!(out.iter().any(|o| matches!(
+            o,
+            Output::Event {
+                kind: "balancer_action",
+                ..
+            }
+        )));
+        assert!(!boiler);
+
+        // A new process: the shed set is back, nothing is switched at once.
+        let (mut c2, _) = Control::new(&cfg, Store::new(dir.path()));
+        assert!(c2.is_shed("boiler"));
+        let mut r2 = Registry::from_config(&cfg);
+        let out = run(&mut c2, &mut r2, T0 + 30_000, 5, 500.0, &mut boiler);
+        assert!(switches(&out).is_empty(), "{out:?}");
+    }
+
+    #[test]
+    fn a_timer_does_not_switch_a_shed_plug_on_and_locks_block_automation() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config();
+        let (mut c, _) = Control::new(&cfg, Store::new(dir.path()));
+        let mut r = Registry::from_config(&cfg);
+        let mut boiler = true;
+        run(&mut c, &mut r, T0, 10, 1000.0, &mut boiler);
+        run(&mut c, &mut r, T0 + 10_000, 15, 6000.0, &mut boiler);
+        assert!(c.is_shed("boiler"));
+        let mut out = Vec::new();
+        c.automation_switch(
+            &TimerAction {
+                plug: "boiler".into(),
+                state: SwitchState::On,
+                reason: timers::TimerReason::Schedule,
+            },
+            at(T0 + 30_000),
+            &mut out,
+        );
+        assert!(out.is_empty(), "the balancer wins: {out:?}");
+
+        let now = at(T0 + 31_000);
+        let out = c.set_mode(&r, "lamp", PlugMode::On, now).unwrap();
+        assert!(switches(&out).contains(&("lamp".to_owned(), true)));
+        let e = c
+            .timer(
+                &r,
+                "lamp",
+                TimerCommand::Start(std::time::Duration::from_secs(900)),
+                now,
+                local(),
+            )
+            .unwrap_err();
+        assert!(e.0.contains("locked"), "{e}");
+        let mut out = Vec::new();
+        c.automation_switch(
+            &TimerAction {
+                plug: "lamp".into(),
+                state: SwitchState::Off,
+                reason: timers::TimerReason::Schedule,
+            },
+            now,
+            &mut out,
+        );
+        assert!(out.is_empty(), "a lock blocks schedules");
+        // Modes persist.
+        let (c2, _) = Control::new(&cfg, Store::new(dir.path()));
+        assert_eq!(c2.mode("lamp"), PlugMode::On);
+    }
+
+    #[test]
+    fn balancer_commands_are_validated_as_a_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config();
+        let (mut c, _) = Control::new(&cfg, Store::new(dir.path()));
+        let r = Registry::from_config(&cfg);
+        let now = at(T0);
+        for (bad, why) in [
+            (json!({"on_grid_w": 50}), "on_grid_w"),
+            (json!({"enabled": "maybe"}), "enabled"),
+            (
+                json!({"enabled": false, "colour": 1}),
+                "unknown field 'colour'",
+            ),
+            (json!({}), "nothing to set"),
+            (json!([1]), "JSON object"),
+        ] {
+            let e = c.set_balancer(&r, "inv", &bad, now).unwrap_err();
+            assert!(e.0.contains(why), "{bad}: {e}");
+        }
+        // Nothing of the rejected `{"enabled": false, "colour": 1}` stuck.
+        assert!(c.units[0].state.persisted().enabled);
+        let e = c
+            .set_balancer(&r, "ghost", &json!({"enabled": false}), now)
+            .unwrap_err();
+        assert!(e.0.contains("balancers: inv"), "{e}");
+        c.set_balancer(
+            &r,
+            "inv",
+            &json!({"on_grid_w": "6000", "enabled": "OFF"}),
+            now,
+        )
+        .unwrap();
+        assert_eq!(c.units[0].config.on_grid_w, 6000.0);
+        assert!(!c.units[0].state.persisted().enabled);
+        let (c2, _) = Control::new(&cfg, Store::new(dir.path()));
+        assert_eq!(c2.units[0].config.on_grid_w, 6000.0);
+        assert!(!c2.units[0].state.persisted().enabled);
+    }
+
+    #[test]
+    fn a_corrupt_state_file_is_reported_and_protection_starts_afresh() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("control.json"), b"{ half a file").unwrap();
+        let (c, out) = Control::new(&config(), Store::new(dir.path()));
+        assert!(
+            out.iter().any(|o| matches!(
+                o,
+                Output::Event {
+                    kind: "state_error",
+                    ..
+                }
+            )),
+            "{out:?}"
+        );
+        assert_eq!(c.inverters().collect::<Vec<_>>(), vec!["inv"]);
+    }
+}
