@@ -262,6 +262,23 @@ pub struct ModelConfig {
     pub utc_offset_s: i32,
     /// Battery state of charge at start, in %.
     pub initial_soc_pct: f64,
+    /// What the house does by itself, besides the base load.
+    pub house: HouseProfile,
+}
+
+/// The house's own load on top of `base_load_w`; switched plugs and
+/// scripted appliances come through [`InverterModel::set_plug_load`] and
+/// [`InverterModel::set_extra_load`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HouseProfile {
+    /// A daily pattern (breakfast, lunch, evening), a fridge and random
+    /// runs of a kettle, microwave, oven and washer, by time of day.
+    #[default]
+    Lively,
+    /// Only the base load with a little flicker, whatever the hour: the
+    /// demo's scripted scenario brings the appliances, and its fridge hangs
+    /// behind a plug.
+    Steady,
 }
 
 impl Default for ModelConfig {
@@ -276,6 +293,7 @@ impl Default for ModelConfig {
             grid_connected: true,
             utc_offset_s: 0,
             initial_soc_pct: 60.0,
+            house: HouseProfile::Lively,
         }
     }
 }
@@ -338,11 +356,13 @@ pub struct ModelSnapshot {
     pub pv_w: f64,
     /// What the strings could deliver at their MPP right now.
     pub pv_available_w: f64,
-    /// What the house asks for, including [`InverterModel::set_extra_load`].
+    /// What the house asks for, including [`InverterModel::set_extra_load`]
+    /// and [`InverterModel::set_plug_load`].
     pub load_demand_w: f64,
     /// Load actually served (register 178).
     pub load_w: f64,
     pub extra_load_w: f64,
+    pub plug_load_w: f64,
     /// Inverter AC output (register 175).
     pub inverter_w: f64,
     /// Grid power (register 169, = 167).
@@ -375,6 +395,7 @@ pub struct InverterModel {
     day: i64,
     grid_connected: bool,
     extra_load_w: f64,
+    plug_load_w: f64,
     fault_bits: u64,
     warning_bits: u32,
     temps: Temps,
@@ -394,6 +415,7 @@ impl InverterModel {
             day: 0,
             grid_connected: config.grid_connected,
             extra_load_w: 0.0,
+            plug_load_w: 0.0,
             fault_bits: 0,
             warning_bits: 0,
             temps: Temps::default(),
@@ -479,10 +501,21 @@ impl InverterModel {
         self.refresh_registers();
     }
 
-    /// Additional load on the LOAD port in W (switched plugs); clamped to
-    /// `0..=20 000`, NaN counts as 0. Takes effect immediately.
+    /// Additional load on the LOAD port in W (a load step, an appliance not
+    /// behind a plug); clamped to `0..=20 000`, NaN counts as 0. Takes
+    /// effect immediately.
     pub fn set_extra_load(&mut self, w: f64) {
         self.extra_load_w = finite_in(w, 0.0, MAX_EXTRA_LOAD_W, 0.0);
+        self.step(self.t, 0.0);
+        self.refresh_registers();
+    }
+
+    /// What the simulated plugs on the LOAD port draw together, in W; kept
+    /// apart from [`Self::set_extra_load`] so that a plug feed and a test's
+    /// (or a script's) extra load do not overwrite each other. Same
+    /// clamping; takes effect immediately.
+    pub fn set_plug_load(&mut self, w: f64) {
+        self.plug_load_w = finite_in(w, 0.0, MAX_EXTRA_LOAD_W, 0.0);
         self.step(self.t, 0.0);
         self.refresh_registers();
     }
@@ -522,6 +555,7 @@ impl InverterModel {
             load_demand_w: f.demand_w,
             load_w: f.load_w,
             extra_load_w: self.extra_load_w,
+            plug_load_w: self.plug_load_w,
             inverter_w: f.inverter_w,
             grid_w: f.grid_w,
             battery_w: f.battery_w,
@@ -554,6 +588,11 @@ impl InverterModel {
         (self.clock_local_secs() / DAY_S).floor() as i64
     }
 
+    /// Load added from outside the model: scripted appliances and plugs.
+    fn added_load_w(&self) -> f64 {
+        (self.extra_load_w + self.plug_load_w).min(MAX_EXTRA_LOAD_W)
+    }
+
     /// Moves the model to `t`, integrating `dt` seconds of energy (0 = just
     /// recompute the instantaneous flows, e.g. after a knob changed).
     fn step(&mut self, t: f64, dt: f64) {
@@ -569,7 +608,7 @@ impl InverterModel {
         let import_bias = f64::from(self.setting(addr::ZERO_EXPORT_POWER)).min(MAX_IMPORT_BIAS_W);
         let d = dispatch(&DispatchIn {
             pv_avail: env.pv_avail[0] + env.pv_avail[1],
-            demand: env.demand_w + self.extra_load_w,
+            demand: env.demand_w + self.added_load_w(),
             charge_max,
             discharge_max,
             grid_on,
@@ -649,7 +688,7 @@ impl InverterModel {
             pv_avail: env.pv_avail,
             pv_used,
             pv_v,
-            demand_w: env.demand_w + self.extra_load_w,
+            demand_w: env.demand_w + self.added_load_w(),
             load_w: d.load_w,
             inverter_w: d.inverter_w,
             grid_w: d.grid_w,
@@ -735,19 +774,25 @@ impl InverterModel {
             }
         }
 
-        let profile = 350.0 * gauss_hour(hour, 7.25, 0.7)
-            + 200.0 * gauss_hour(hour, 12.75, 1.0)
-            + 800.0 * gauss_hour(hour, 19.5, 1.4);
-        let appliances: f64 = APPLIANCES.iter().map(|a| a.power_at(n, t, local)).sum();
-        let fridge_phase = n.unit(stream::FRIDGE, 0) * FRIDGE_PERIOD_S;
-        let fridge = if (t + fridge_phase).rem_euclid(FRIDGE_PERIOD_S) < FRIDGE_PERIOD_S * 0.35 {
-            110.0
-        } else {
-            0.0
-        };
         let flicker = 80.0 * (n.smooth(stream::LOAD_NOISE, t, 15.0) - 0.5);
-        let demand_w = (self.config.base_load_w + profile + appliances + fridge + flicker)
-            .clamp(0.0, MAX_DEMAND_W);
+        let lively = match self.config.house {
+            HouseProfile::Lively => {
+                let profile = 350.0 * gauss_hour(hour, 7.25, 0.7)
+                    + 200.0 * gauss_hour(hour, 12.75, 1.0)
+                    + 800.0 * gauss_hour(hour, 19.5, 1.4);
+                let appliances: f64 = APPLIANCES.iter().map(|a| a.power_at(n, t, local)).sum();
+                let fridge_phase = n.unit(stream::FRIDGE, 0) * FRIDGE_PERIOD_S;
+                let fridge =
+                    if (t + fridge_phase).rem_euclid(FRIDGE_PERIOD_S) < FRIDGE_PERIOD_S * 0.35 {
+                        110.0
+                    } else {
+                        0.0
+                    };
+                profile + appliances + fridge
+            }
+            HouseProfile::Steady => 0.0,
+        };
+        let demand_w = (self.config.base_load_w + lively + flicker).clamp(0.0, MAX_DEMAND_W);
 
         Env {
             pv_avail,
@@ -1104,7 +1149,7 @@ struct Env {
     pv_avail: [f64; 2],
     /// MPP and open-circuit voltage per string; (0, 0) when dark.
     pv_mpp_voc: [(f64, f64); 2],
-    /// House load without the extra (plug) load.
+    /// House load without the extra and plug loads.
     demand_w: f64,
     grid_v: f64,
     grid_hz: f64,
@@ -1843,6 +1888,54 @@ mod tests {
         assert_eq!(after.extra_load_w, 1000.0);
         m.set_extra_load(f64::NAN);
         assert_eq!(m.snapshot().extra_load_w, 0.0);
+    }
+
+    /// LOAD-port power as the balancer computes it: 175 + 167 − 166.
+    fn load_port(m: &InverterModel) -> i32 {
+        s16(m, 175) + s16(m, 167) - s16(m, 166)
+    }
+
+    #[test]
+    fn plug_load_adds_to_the_extra_load_and_reaches_the_load_port() {
+        for hour in [3.0, 12.0, 19.5] {
+            let mut m = model_at(hour);
+            let base = load_port(&m);
+            m.set_extra_load(2200.0);
+            m.set_plug_load(3500.0);
+            let both = m.snapshot();
+            assert_eq!(both.extra_load_w, 2200.0);
+            assert_eq!(both.plug_load_w, 3500.0);
+            assert!((load_port(&m) - base - 5700).abs() <= 1, "at {hour} h");
+            check_invariants(&m);
+            // Each input leaves the other alone.
+            m.set_plug_load(1500.0);
+            assert_eq!(m.snapshot().extra_load_w, 2200.0);
+            assert!((load_port(&m) - base - 3700).abs() <= 1, "at {hour} h");
+            m.set_extra_load(0.0);
+            assert_eq!(m.snapshot().plug_load_w, 1500.0);
+            assert!((load_port(&m) - base - 1500).abs() <= 1, "at {hour} h");
+            m.set_plug_load(f64::INFINITY);
+            assert_eq!(m.snapshot().plug_load_w, 0.0);
+            assert!((load_port(&m) - base).abs() <= 1);
+        }
+    }
+
+    #[test]
+    fn a_steady_house_draws_its_base_load_at_any_hour() {
+        let config = ModelConfig {
+            house: HouseProfile::Steady,
+            ..ModelConfig::default()
+        };
+        let mut m = InverterModel::new(config, at_hour(0.0));
+        for step in 0..(48 * 60) {
+            m.advance(at_hour(f64::from(step) / 60.0));
+            let demand = m.snapshot().load_demand_w;
+            assert!(
+                (259.0..=341.0).contains(&demand),
+                "{demand} W at minute {step}"
+            );
+            check_invariants(&m);
+        }
     }
 
     #[test]

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 use super::deye_model::InverterModel;
 use crate::config::BmsConfig;
-use crate::drivers::jkbms::cell_info::{Cell, CellInfo, Temperatures};
+use crate::drivers::jkbms::cell_info::{BalancerState, Cell, CellInfo, Temperatures};
 use crate::drivers::jkbms::command::{Command, Request, ack_record};
 use crate::drivers::jkbms::device_info::DeviceInfo;
 use crate::drivers::jkbms::frame::Variant;
@@ -24,6 +24,14 @@ use crate::drivers::jkbms::settings::Settings;
 const FRAGMENT: usize = 20;
 /// The cell-info stream's period.
 const STREAM_PERIOD: Duration = Duration::from_millis(500);
+/// How far a healthy cell wanders from the pack's mean, in V: a balanced
+/// pack keeps its cell delta below twice this.
+const CELL_SPREAD_V: f64 = 0.008;
+/// What the active balancer moves while a drifted cell is being pulled
+/// back, in A.
+const BALANCING_A: f64 = 0.6;
+/// Below this deviation the balancer idles, in V.
+const BALANCE_TRIGGER_V: f64 = 0.01;
 
 /// One simulated pack.
 #[derive(Debug, Clone)]
@@ -33,6 +41,9 @@ pub struct SimPack {
     pub soc: f64,
     /// Seed of the per-cell offsets.
     pub seed: u64,
+    /// One cell runs away from the others and is balanced back, on a
+    /// script; `None`: every cell stays close to the mean.
+    pub drift: Option<DriftScript>,
 }
 
 impl Default for SimPack {
@@ -42,8 +53,120 @@ impl Default for SimPack {
             capacity_ah: 280.0,
             soc: 65.0,
             seed: 1,
+            drift: None,
         }
     }
+}
+
+/// A cell that drifts away from the others and back: starting `start`
+/// after the pack was added to its [`SimConnector`], its voltage deviates
+/// linearly up to `peak_v` over `rise`, stays there for `hold`, and the
+/// balancer pulls it back over `fall`; then it starts again every `every`
+/// (`None`: once). Time counts from when the pack was added, so a
+/// reconnect does not restart the script.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DriftScript {
+    /// The cell's number, 1-based as the BMS counts them.
+    pub cell: u8,
+    /// V; positive runs high, negative runs low.
+    pub peak_v: f64,
+    pub start: Duration,
+    pub rise: Duration,
+    pub hold: Duration,
+    pub fall: Duration,
+    pub every: Option<Duration>,
+}
+
+impl DriftScript {
+    /// The demo's: cell 5 runs 80 mV high 30 s after start for about a
+    /// minute and a half, balanced back within half a minute; every ten
+    /// minutes. With the healthy cells within ±[`CELL_SPREAD_V`] the pack's
+    /// cell delta stays between 64 and 96 mV for over 80 s (above the
+    /// usual 50 mV imbalance threshold, below a 100 mV critical one) and is
+    /// back below 20 mV 155 s after start.
+    pub fn demo() -> Self {
+        Self {
+            cell: 5,
+            peak_v: 0.08,
+            start: Duration::from_secs(30),
+            rise: Duration::from_secs(15),
+            hold: Duration::from_secs(80),
+            fall: Duration::from_secs(30),
+            every: Some(Duration::from_secs(600)),
+        }
+    }
+
+    /// How long one drift lasts, from its start until the cell is back.
+    pub fn length(&self) -> Duration {
+        self.rise + self.hold + self.fall
+    }
+
+    /// Where the script is at `elapsed` after the pack was added.
+    pub fn stage_at(&self, elapsed: Duration) -> DriftStage {
+        match self.phase(elapsed) {
+            None => DriftStage::Quiet,
+            Some(into) if into < self.rise => DriftStage::Rising,
+            Some(into) if into < self.rise + self.hold => DriftStage::Holding,
+            Some(_) => DriftStage::Falling,
+        }
+    }
+
+    /// Time into the current drift, `None` outside one.
+    fn phase(&self, elapsed: Duration) -> Option<Duration> {
+        let since = elapsed.checked_sub(self.start)?;
+        let into = match self.every {
+            Some(every) if !every.is_zero() => {
+                Duration::from_nanos((since.as_nanos() % every.as_nanos()) as u64)
+            }
+            _ => since,
+        };
+        (into < self.length()).then_some(into)
+    }
+
+    /// The cell's deviation in V at `elapsed` after the pack was added.
+    pub fn offset_at(&self, elapsed: Duration) -> f64 {
+        let Some(into) = self.phase(elapsed) else {
+            return 0.0;
+        };
+        let peak = if self.peak_v.is_finite() {
+            self.peak_v
+        } else {
+            0.0
+        };
+        let frac = |part: Duration, of: Duration| {
+            if of.is_zero() {
+                1.0
+            } else {
+                part.as_secs_f64() / of.as_secs_f64()
+            }
+        };
+        if into < self.rise {
+            peak * frac(into, self.rise)
+        } else if into < self.rise + self.hold {
+            peak
+        } else {
+            peak * (1.0 - frac(into - self.rise - self.hold, self.fall))
+        }
+    }
+
+    /// The balancer works on the cell from when it starts falling back.
+    fn balancing(&self, elapsed: Duration) -> bool {
+        self.stage_at(elapsed) == DriftStage::Falling
+            && self.offset_at(elapsed).abs() > BALANCE_TRIGGER_V
+    }
+}
+
+/// The stages of one [`DriftScript`] run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DriftStage {
+    /// Every cell close to the mean.
+    Quiet,
+    /// The cell moves away.
+    Rising,
+    /// The cell stays away.
+    Holding,
+    /// The balancer pulls it back.
+    Falling,
 }
 
 /// Where a pack's current comes from.
@@ -62,13 +185,17 @@ pub enum CurrentSource {
 /// Opens links to simulated packs by MAC.
 #[derive(Clone, Default)]
 pub struct SimConnector {
-    packs: Arc<Mutex<HashMap<String, (SimPack, CurrentSource)>>>,
+    packs: Arc<Mutex<HashMap<String, Entry>>>,
 }
+
+/// A pack, where its current comes from, and when it was added (the epoch
+/// of its drift script).
+type Entry = (SimPack, CurrentSource, Instant);
 
 impl SimConnector {
     pub fn add(&self, mac: &str, pack: SimPack, source: CurrentSource) {
         if let Ok(mut p) = self.packs.lock() {
-            p.insert(mac.to_ascii_uppercase(), (pack, source));
+            p.insert(mac.to_ascii_uppercase(), (pack, source, Instant::now()));
         }
     }
 }
@@ -82,12 +209,12 @@ impl PackConnector for SimConnector {
             .lock()
             .ok()
             .and_then(|p| p.get(&pack.mac.to_ascii_uppercase()).cloned());
-        let Some((model, source)) = found else {
+        let Some((model, source, epoch)) = found else {
             // What a pack that never advertises looks like.
             tokio::time::sleep(Duration::from_secs(2)).await;
             return Err(LinkError(format!("pack {} not seen", pack.mac)));
         };
-        Ok(SimLink::start(model, source))
+        Ok(SimLink::start(model, source, epoch))
     }
 }
 
@@ -100,10 +227,10 @@ pub struct SimLink {
 }
 
 impl SimLink {
-    fn start(pack: SimPack, source: CurrentSource) -> Self {
+    fn start(pack: SimPack, source: CurrentSource, epoch: Instant) -> Self {
         let (cmd_tx, cmd_rx) = mpsc::channel(8);
         let (note_tx, note_rx) = mpsc::channel(256);
-        let task = tokio::spawn(serve(pack, source, cmd_rx, note_tx));
+        let task = tokio::spawn(serve(Battery::new(pack, source, epoch), cmd_rx, note_tx));
         Self {
             commands: cmd_tx,
             notifications: note_rx,
@@ -135,22 +262,25 @@ struct Battery {
     source: CurrentSource,
     offsets: Vec<f64>,
     rng: u64,
+    /// When the pack was added: the drift script's time zero.
+    epoch: Instant,
     last: Instant,
     current: f64,
     temp: f64,
 }
 
 impl Battery {
-    fn new(pack: SimPack, source: CurrentSource) -> Self {
+    fn new(pack: SimPack, source: CurrentSource, epoch: Instant) -> Self {
         let mut rng = pack.seed.max(1);
         let offsets = (0..pack.cells)
-            .map(|_| (next(&mut rng) % 21) as f64 / 1000.0 - 0.010)
+            .map(|_| (next(&mut rng) % 13) as f64 / 1000.0 - 0.006)
             .collect();
         Self {
             pack,
             source,
             offsets,
             rng,
+            epoch,
             last: Instant::now(),
             current: 0.0,
             temp: 22.0,
@@ -167,8 +297,12 @@ impl Battery {
     }
 
     fn step(&mut self) -> CellInfo {
-        let now = Instant::now();
-        let dt = now.duration_since(self.last).as_secs_f64();
+        self.step_at(Instant::now())
+    }
+
+    /// The pack at `now`; time before the last step counts as none.
+    fn step_at(&mut self, now: Instant) -> CellInfo {
+        let dt = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
         let nominal_v = self.pack.cells as f64 * 3.2;
         self.current = match &self.source {
@@ -187,11 +321,15 @@ impl Battery {
         self.pack.soc = (self.pack.soc
             + self.current * dt / 3600.0 / self.pack.capacity_ah * 100.0)
             .clamp(0.0, 100.0);
-        // Cells drift slowly apart and back.
+        // Cells wander a little apart and back.
         for o in &mut self.offsets {
             let r = (next(&mut self.rng) % 3) as f64 - 1.0;
-            *o = (*o + r * 0.0002).clamp(-0.02, 0.02);
+            *o = (*o + r * 0.0002).clamp(-CELL_SPREAD_V, CELL_SPREAD_V);
         }
+        let elapsed = now.saturating_duration_since(self.epoch);
+        let drift = self.pack.drift.as_ref();
+        let drifted = drift.and_then(|d| d.cell.checked_sub(1)).map(usize::from);
+        let drift_v = drift.map_or(0.0, |d| d.offset_at(elapsed));
         self.temp = (self.temp + self.current.abs() * 0.0005 * dt
             - (self.temp - 22.0) * 0.001 * dt)
             .clamp(-10.0, 60.0);
@@ -201,12 +339,25 @@ impl Battery {
             .offsets
             .iter()
             .enumerate()
-            .map(|(i, o)| Cell {
-                number: i as u8 + 1,
-                voltage: ((base + o) * 1000.0).round() / 1000.0,
-                resistance: 60.0 + i as f64,
+            .map(|(i, o)| {
+                let o = if Some(i) == drifted { o + drift_v } else { *o };
+                Cell {
+                    number: i as u8 + 1,
+                    voltage: ((base + o) * 1000.0).round() / 1000.0,
+                    resistance: 60.0 + i as f64,
+                }
             })
             .collect();
+        if drift.is_some_and(|d| d.balancing(elapsed)) {
+            // An active balancer moves charge from the highest cell to the
+            // lowest; JK reports the direction of the drifted cell.
+            info.balancer = if drift_v > 0.0 {
+                BalancerState::Discharging
+            } else {
+                BalancerState::Charging
+            };
+            info.balancing_current = BALANCING_A;
+        }
         info.enabled_cells_mask = Some(((1u64 << self.pack.cells) - 1) as u32);
         info.pack_voltage = info.cells.iter().map(|c| c.voltage).sum();
         info.current = Some((self.current * 1000.0).round() / 1000.0);
@@ -255,12 +406,10 @@ async fn send_fragmented(tx: &mpsc::Sender<Vec<u8>>, frame: &[u8], rng: &mut u64
 }
 
 async fn serve(
-    pack: SimPack,
-    source: CurrentSource,
+    mut battery: Battery,
     mut commands: mpsc::Receiver<Vec<u8>>,
     tx: mpsc::Sender<Vec<u8>>,
 ) {
-    let mut battery = Battery::new(pack, source);
     let mut rng = battery.pack.seed.wrapping_mul(0x9E37_79B9).max(1);
     let mut streaming = false;
     let mut counter: u8 = 0;
@@ -313,6 +462,91 @@ mod tests {
     use super::*;
     use crate::drivers::jkbms::assembler::Assembler;
     use crate::drivers::jkbms::{Decoded, StreamDecoder};
+
+    /// Cell delta of every frame of a pack streamed for `secs` seconds after
+    /// it was added, in (seconds since added, V).
+    fn deltas(pack: SimPack, secs: u64) -> Vec<(f64, f64)> {
+        let epoch = Instant::now();
+        let mut battery = Battery::new(pack, CurrentSource::Swing, epoch);
+        (0..secs * 2)
+            .map(|k| {
+                let at = Duration::from_millis(500 * k);
+                let info = battery.step_at(epoch + at);
+                let stats = info.stats().expect("cells");
+                (at.as_secs_f64(), stats.delta_voltage)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_drift_script_raises_the_cell_delta_inside_its_window_only() {
+        let script = DriftScript::demo();
+        let start = script.start.as_secs_f64();
+        let period = script.every.expect("repeats").as_secs_f64();
+        for seed in 1..=8 {
+            let pack = SimPack {
+                seed,
+                drift: Some(script.clone()),
+                ..SimPack::default()
+            };
+            let mut above = 0.0;
+            for (t, delta) in deltas(pack, 2 * period as u64) {
+                // Seconds into the current drift, or before the first one.
+                let into = if t < start {
+                    -1.0
+                } else {
+                    (t - start) % period
+                };
+                if (15.0..95.0).contains(&into) {
+                    assert!(delta > 0.06, "seed {seed}: {delta} V at {t} s");
+                }
+                assert!(delta < 0.098, "seed {seed}: {delta} V at {t} s");
+                if !(0.0..125.0).contains(&into) {
+                    assert!(delta < 0.02, "seed {seed}: {delta} V at {t} s");
+                }
+                if t < period && delta > 0.05 {
+                    above += 0.5;
+                }
+            }
+            assert!((80.0..=110.0).contains(&above), "seed {seed}: {above} s");
+        }
+    }
+
+    #[test]
+    fn without_a_drift_the_cells_stay_together_for_hours() {
+        for seed in 1..=4 {
+            let pack = SimPack {
+                seed,
+                ..SimPack::default()
+            };
+            let worst = deltas(pack, 4 * 3600)
+                .into_iter()
+                .map(|(_, d)| d)
+                .fold(0.0, f64::max);
+            assert!(worst < 0.02, "seed {seed}: {worst} V");
+        }
+    }
+
+    #[test]
+    fn drift_offsets_follow_the_script() {
+        let s = DriftScript::demo();
+        let at = |secs: f64| s.offset_at(Duration::from_secs_f64(secs));
+        assert_eq!(at(0.0), 0.0);
+        assert_eq!(at(29.9), 0.0);
+        assert!((at(37.5) - 0.04).abs() < 1e-9, "half way up");
+        assert_eq!(at(45.0), 0.08);
+        assert_eq!(at(124.9), 0.08);
+        assert!((at(140.0) - 0.04).abs() < 1e-9, "half way back");
+        assert_eq!(at(155.0), 0.0);
+        assert_eq!(at(629.0), 0.0);
+        assert_eq!(at(600.0 + 60.0), 0.08, "again ten minutes later");
+        let once = DriftScript { every: None, ..s };
+        assert_eq!(once.offset_at(Duration::from_secs(660)), 0.0);
+        // The balancer reports its work while the cell comes back.
+        assert!(!once.balancing(Duration::from_secs(100)));
+        assert!(once.balancing(Duration::from_secs(130)));
+        assert!(!once.balancing(Duration::from_secs(154)));
+    }
 
     #[tokio::test]
     async fn a_simulated_pack_streams_frames_the_real_decoder_accepts() {

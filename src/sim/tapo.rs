@@ -41,6 +41,15 @@ pub enum Load {
     Constant { watts: f64 },
 }
 
+impl Load {
+    /// What the load draws in W once it has been powered for `since_on_s`
+    /// seconds, at Unix time `unix_s` (the noise changes once a second):
+    /// the simulator's own model, for callers that drive time themselves.
+    pub fn draw_w(self, since_on_s: f64, unix_s: f64) -> f64 {
+        draw(self, since_on_s, unix_s)
+    }
+}
+
 /// The plug's behaviour, switchable while the simulator runs.
 #[derive(Debug)]
 pub struct Knobs {
@@ -176,6 +185,23 @@ impl TapoSim {
         self.shared.power_at(SystemTime::now())
     }
 
+    /// The appliance's own switch or thermostat: `false` leaves the relay
+    /// as it is but the plug measures 0 W (a heater that is warm enough).
+    /// Plugs start drawing.
+    pub fn set_drawing(&self, drawing: bool) {
+        self.shared.set_drawing(drawing, SystemTime::now());
+    }
+
+    pub fn is_drawing(&self) -> bool {
+        !self.shared.meter().idle
+    }
+
+    /// A handle that reads and drives this plug's load from another task;
+    /// it does not keep the server running.
+    pub fn handle(&self) -> PlugHandle {
+        PlugHandle(self.shared.clone())
+    }
+
     /// handshake1 attempts, refused ones included, so that tests see login
     /// storms whatever the plug answered.
     pub fn handshakes(&self) -> u64 {
@@ -191,6 +217,31 @@ impl TapoSim {
 impl Drop for TapoSim {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// The relay and load of a running [`TapoSim`], shareable between tasks.
+#[derive(Clone)]
+pub struct PlugHandle(Arc<Shared>);
+
+impl PlugHandle {
+    /// Relay state.
+    pub fn is_on(&self) -> bool {
+        self.0.meter().on
+    }
+
+    /// What the load draws now, in W (0 when the relay is off).
+    pub fn power_w(&self) -> f64 {
+        self.0.power_at(SystemTime::now())
+    }
+
+    /// See [`TapoSim::set_drawing`].
+    pub fn set_drawing(&self, drawing: bool) {
+        self.0.set_drawing(drawing, SystemTime::now());
+    }
+
+    pub fn is_drawing(&self) -> bool {
+        !self.0.meter().idle
     }
 }
 
@@ -327,6 +378,12 @@ impl Shared {
     fn power_at(&self, now: SystemTime) -> f64 {
         let m = self.meter();
         m.power(self.load, now)
+    }
+
+    fn set_drawing(&self, drawing: bool, now: SystemTime) {
+        let mut m = self.meter();
+        m.advance(self.load, now);
+        m.idle = !drawing;
     }
 
     /// One smart-protocol request (already decrypted) to its JSON answer.
@@ -866,6 +923,8 @@ const KEEP_DAYS: usize = 62;
 #[derive(Debug)]
 struct Meter {
     on: bool,
+    /// The appliance itself is off: the relay may be on, nothing draws.
+    idle: bool,
     on_since: SystemTime,
     /// Up to when the counters have been integrated.
     last: SystemTime,
@@ -879,6 +938,7 @@ impl Meter {
     fn new(now: SystemTime) -> Self {
         Self {
             on: true,
+            idle: false,
             on_since: now,
             last: now,
             since_boot_wh: 0.0,
@@ -887,7 +947,7 @@ impl Meter {
     }
 
     fn power(&self, load: Load, now: SystemTime) -> f64 {
-        if !self.on {
+        if !self.on || self.idle {
             return 0.0;
         }
         let since_on = now
@@ -919,7 +979,12 @@ impl Meter {
             while t < total {
                 let dt = step.min(total - t);
                 let mid = t + dt / 2.0;
-                let wh = draw(load, since_on + mid, start + mid) * dt / 3600.0;
+                let w = if self.idle {
+                    0.0
+                } else {
+                    draw(load, since_on + mid, start + mid)
+                };
+                let wh = w * dt / 3600.0;
                 self.add(local_day(start + mid), wh, dt);
                 self.since_boot_wh += wh;
                 t += dt;
@@ -2080,6 +2145,41 @@ mod tests {
         };
         assert_eq!(draw(odd, 5.0, t), 0.0);
         assert_eq!(draw(Load::Constant { watts: -5.0 }, 0.0, t), 0.0);
+    }
+
+    #[test]
+    fn an_idle_appliance_draws_nothing_but_the_relay_stays_on() {
+        let load = Load::Constant { watts: 1000.0 };
+        let start = 1_750_000_000;
+        let mut m = Meter::new(at(start));
+        m.idle = true;
+        assert_eq!(m.power(load, at(start + 10)), 0.0);
+        m.advance(load, at(start + 3600));
+        let s = m.totals(at(start + 3600));
+        assert_eq!(s.today.wh, 0.0);
+        assert!((s.today.on_s - 3600.0).abs() < 1e-6, "the relay was on");
+        m.idle = false;
+        assert_eq!(m.power(load, at(start + 3600)), 1000.0);
+        m.advance(load, at(start + 7200));
+        assert!((m.since_boot_wh - 1000.0).abs() < 1e-6);
+        assert_eq!(load.draw_w(1.0, 0.0), 1000.0);
+    }
+
+    #[tokio::test]
+    async fn set_drawing_and_the_handle_agree_with_the_plug() {
+        let sim = start(Flavour::P110, Load::Constant { watts: 1500.0 }).await;
+        let handle = sim.handle();
+        assert!(sim.is_drawing() && handle.is_drawing());
+        assert_eq!(handle.power_w(), 1500.0);
+        handle.set_drawing(false);
+        assert!(sim.is_on() && handle.is_on(), "the relay is untouched");
+        assert!(!sim.is_drawing());
+        assert_eq!(sim.power_w(), 0.0);
+        sim.set_drawing(true);
+        assert_eq!(handle.power_w(), 1500.0);
+        sim.set_on(false);
+        assert!(!handle.is_on());
+        assert_eq!(handle.power_w(), 0.0);
     }
 
     #[test]
