@@ -50,7 +50,10 @@ pub fn rumqttd_config(cfg: &BrokerConfig) -> Result<Config, BrokerError> {
         id: 0,
         router: RouterConfig {
             max_connections: cfg.max_connections,
-            max_outgoing_packet_count: 200,
+            // Also caps the retained messages a new subscription gets in
+            // one go: Home Assistant subscribing to `homeassistant/#` must
+            // receive every discovery config (the demo has over 400).
+            max_outgoing_packet_count: 4096,
             // rumqttd keeps this much history per subscription filter and
             // never frees it; 16 MiB x 10 grew the process past 200 MiB.
             // A segment may overflow by one message, so big payloads pass.

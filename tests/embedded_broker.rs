@@ -96,3 +96,43 @@ async fn with_credentials_it_refuses_strangers() {
         }
     }
 }
+
+/// Home Assistant subscribes to `homeassistant/#` (at QoS 0) and must get
+/// every discovery config at once; rumqttd's outgoing packet limit used to
+/// cut the burst at 200. (At QoS 1 rumqttd 0.20 stops after its inflight
+/// window of retained messages: a broker limitation, see TROUBLESHOOTING.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_subscriber_gets_every_retained_message() {
+    const N: usize = 1000;
+    let port = start(None, None).await;
+    let (publisher, mut el) = AsyncClient::new(options(port, None), 64);
+    let pump = tokio::spawn(async move { while el.poll().await.is_ok() {} });
+    for i in 0..N {
+        publisher
+            .publish(
+                format!("homeassistant/sensor/n/{i}/config"),
+                QoS::AtLeastOnce,
+                true,
+                "{}",
+            )
+            .await
+            .expect("publish");
+    }
+    // Let the broker store them all.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (sub, mut el) = AsyncClient::new(options(port, None), 64);
+    sub.subscribe("homeassistant/#", QoS::AtMostOnce)
+        .await
+        .expect("subscribe");
+    let mut got = std::collections::HashSet::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while got.len() < N && tokio::time::Instant::now() < deadline {
+        if let Ok(Ok(Event::Incoming(Packet::Publish(p)))) =
+            tokio::time::timeout(Duration::from_millis(500), el.poll()).await
+        {
+            got.insert(p.topic.clone());
+        }
+    }
+    pump.abort();
+    assert_eq!(got.len(), N);
+}
