@@ -477,10 +477,49 @@ async fn demo_runs_the_embedded_broker_and_the_bridge() {
             version = true;
         }
     }
-    let _ = child.kill();
-    let _ = child.wait();
     assert!(online_seen, "bridge online in the demo");
     assert!(version, "the bridge's discovery in the demo");
+
+    // The dinner-time scenario: within two minutes a plug is shed, then
+    // restored; a cell drift raises and clears an imbalance alert.
+    let (mut shed, mut restored, mut raised, mut cleared) = (None, None, false, false);
+    let started = std::time::Instant::now();
+    while !(shed.is_some() && restored.is_some() && raised && cleared)
+        && started.elapsed() < Duration::from_secs(240)
+    {
+        let Some(m) = c
+            .expect(Duration::from_secs(1), |m| {
+                m.topic == "energy2mqtt/bridge/event" || m.topic == "energy2mqtt/alerts/event"
+            })
+            .await
+        else {
+            continue;
+        };
+        let v = m.json();
+        if v["type"] == "balancer_action" && v["action"] == "shed" && shed.is_none() {
+            shed = Some((started.elapsed(), v.clone()));
+        }
+        if v["type"] == "balancer_action" && v["action"] == "restore" && shed.is_some() {
+            restored = Some(started.elapsed());
+        }
+        if v["rule"] == "cell_delta_error" && v["event_type"] == "raise" {
+            raised = true;
+        }
+        if v["rule"] == "cell_delta_error" && v["event_type"] == "clear" && raised {
+            cleared = true;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let (at, event) = shed.expect("the demo sheds a plug");
+    assert!(at < Duration::from_secs(120), "shed after {at:?}");
+    assert_eq!(event["plug"], "boiler", "{event}");
+    assert_eq!(event["reason"], "overload", "{event}");
+    assert!(restored.is_some(), "the demo restores the plug");
+    assert!(
+        raised && cleared,
+        "imbalance alert raised {raised}, cleared {cleared}"
+    );
 }
 
 #[test]
