@@ -440,15 +440,26 @@ async fn stale_discovery_is_cleared_and_foreign_configs_are_kept() {
 async fn demo_runs_the_embedded_broker_and_the_bridge() {
     let port = free_port();
     let data = tempfile::tempdir().unwrap();
-    let mut child = std::process::Command::new(BIN)
+    let child = std::process::Command::new(BIN)
         .arg("demo")
         .env_clear()
         .env("E2M_STORAGE__DIR", data.path())
         .env("E2M_BROKER__LISTEN", format!("127.0.0.1:{port}"))
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::fs::File::create(data.path().join("demo.log")).expect("log file"))
         .spawn()
         .expect("start demo");
+    /// Kills the demo however the test ends: a leaked demo would hold the
+    /// simulators' fixed ports for the next run.
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let child = KillOnDrop(child);
+    let log = || std::fs::read_to_string(data.path().join("demo.log")).unwrap_or_default();
     let mut c = None;
     for _ in 0..100 {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -457,7 +468,7 @@ async fn demo_runs_the_embedded_broker_and_the_bridge() {
             break;
         }
     }
-    let mut c = c.expect("the demo's broker listens");
+    let mut c = c.unwrap_or_else(|| panic!("the demo's broker listens; log:\n{}", log()));
     // Generous: in a loaded test run the demo's simulators and the bridge
     // start on two busy cores.
     let (mut online_seen, mut version) = (false, false);
@@ -477,7 +488,7 @@ async fn demo_runs_the_embedded_broker_and_the_bridge() {
             version = true;
         }
     }
-    assert!(online_seen, "bridge online in the demo");
+    assert!(online_seen, "bridge online in the demo; log:\n{}", log());
     assert!(version, "the bridge's discovery in the demo");
 
     // The dinner-time scenario: within two minutes a plug is shed, then
@@ -509,9 +520,8 @@ async fn demo_runs_the_embedded_broker_and_the_bridge() {
             cleared = true;
         }
     }
-    let _ = child.kill();
-    let _ = child.wait();
-    let (at, event) = shed.expect("the demo sheds a plug");
+    drop(child);
+    let (at, event) = shed.unwrap_or_else(|| panic!("the demo sheds a plug; log:\n{}", log()));
     assert!(at < Duration::from_secs(120), "shed after {at:?}");
     assert_eq!(event["plug"], "boiler", "{event}");
     assert_eq!(event["reason"], "overload", "{event}");
