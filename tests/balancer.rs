@@ -168,6 +168,14 @@ impl Drop for House {
     }
 }
 
+/// Waits up to 5 s for a plug simulator's relay to reach `on`.
+async fn relay_becomes(plug: &TapoSim, on: bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while plug.is_on() != on && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 const TOPICS: &[&str] = &[
     "energy2mqtt/balancer/inverter",
     "energy2mqtt/bridge/event",
@@ -266,10 +274,7 @@ async fn overload_sheds_the_lowest_priority_plug_survives_kill9_and_restores_it(
     assert_eq!(shedding["shedding"], true);
     assert_eq!(shedding["shed"][0]["plug"], "boiler");
     assert_eq!(shedding["shed"][0]["reason"], "overload");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while house.boiler.is_on() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    relay_becomes(&house.boiler, false).await;
     assert!(
         !house.boiler.is_on(),
         "the boiler simulator was switched off"
@@ -318,10 +323,7 @@ async fn overload_sheds_the_lowest_priority_plug_survives_kill9_and_restores_it(
         "restored {waited:?} after the shed, before its min-off"
     );
     assert_eq!(restore["reason"], "restore");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !house.boiler.is_on() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    relay_becomes(&house.boiler, true).await;
     assert!(house.boiler.is_on(), "the boiler simulator was switched on");
     client
         .expect(Duration::from_secs(10), |m| {
@@ -385,10 +387,7 @@ async fn overload_sheds_the_lowest_priority_plug_survives_kill9_and_restores_it(
         })
         .await
         .expect("the heater's mode is published");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while house.heater.is_on() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    relay_becomes(&house.heater, false).await;
     assert!(!house.heater.is_on(), "mode off switches the heater off");
     assert!(bridge.is_running(), "{}", bridge.log_text());
 
@@ -421,10 +420,7 @@ async fn a_shed_plug_found_on_after_a_restart_is_an_override_reported_once() {
         .expect(Duration::from_secs(15), action("shed", "boiler"))
         .await
         .expect("the boiler is shed");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while house.boiler.is_on() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    relay_becomes(&house.boiler, false).await;
     bridge.kill9();
     // While the bridge is down the kettle finishes and someone presses the
     // boiler's button.
@@ -499,10 +495,7 @@ async fn plug_timer_switches_on_and_cancel_switches_off_and_locks_refuse_it() {
         .expect("the timer's minutes are published")
         .json();
     assert!(timed["timer_off_at"].is_string(), "{timed}");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !house.heater.is_on() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    relay_becomes(&house.heater, true).await;
     assert!(house.heater.is_on(), "a timer switches the plug on now");
     set(r#"{"timer": "cancel"}"#).await;
     client
@@ -511,10 +504,7 @@ async fn plug_timer_switches_on_and_cancel_switches_off_and_locks_refuse_it() {
         })
         .await
         .expect("the timer is gone");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while house.heater.is_on() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    relay_becomes(&house.heater, false).await;
     assert!(!house.heater.is_on(), "cancel switches the plug off");
     client.drain();
     set(r#"{"mode": "on"}"#).await;

@@ -235,7 +235,7 @@ impl Control {
         if changed || self.save_failed {
             self.save(&mut out);
         }
-        self.plug_attributes(now, &mut out);
+        self.plug_attributes(&mut out);
         out
     }
 
@@ -329,7 +329,7 @@ impl Control {
             }
         }
         let enabled = d.state.persisted().enabled && unit.config.enabled;
-        let status = status_json(&d.status, &unit.config, enabled, now);
+        let status = status_json(&d.status, &unit.config, enabled);
         let unit = &mut self.units[i];
         unit.phase = Some(phase);
         unit.state = d.state;
@@ -556,28 +556,24 @@ impl Control {
     }
 
     /// The plug attributes that changed since they were last handed out.
-    fn plug_attributes(&mut self, _now: Timestamp, out: &mut Vec<Output>) {
+    fn plug_attributes(&mut self, out: &mut Vec<Output>) {
         for plug in &self.plugs {
             let mut m = Map::new();
             m.insert("mode".into(), json!(self.mode(plug)));
-            let shed = self
+            let balancer = self
                 .units
                 .iter()
-                .find_map(|u| u.state.persisted().plugs.get(plug))
-                .and_then(|s| s.shed.map(|r| (r, s.override_until)));
-            let over = self
-                .units
-                .iter()
-                .find_map(|u| u.state.persisted().plugs.get(plug))
-                .and_then(|s| s.override_until);
+                .find_map(|u| u.state.persisted().plugs.get(plug));
+            let shed = balancer.and_then(|s| s.shed);
+            let over = balancer.and_then(|s| s.override_until);
             m.insert("shed".into(), shed.is_some().into());
             m.insert(
                 "shed_reason".into(),
-                shed.map_or(Value::Null, |(r, _)| reason_text(r.reason).into()),
+                shed.map_or(Value::Null, |r| reason_text(r.reason).into()),
             );
             m.insert(
                 "shed_since".into(),
-                shed.map_or(Value::Null, |(r, _)| rfc3339(r.since).into()),
+                shed.map_or(Value::Null, |r| rfc3339(r.since).into()),
             );
             m.insert(
                 "override_until".into(),
@@ -892,7 +888,7 @@ pub fn rfc3339(t: Timestamp) -> String {
 
 /// `<base>/balancer/<inverter>`: the status without the sample age, which
 /// changes on every tick and would make every tick a publish.
-fn status_json(s: &Status, c: &BalancerConfig, enabled: bool, _now: Timestamp) -> Value {
+fn status_json(s: &Status, c: &BalancerConfig, enabled: bool) -> Value {
     let shed: Vec<Value> = s
         .shed
         .iter()
@@ -919,12 +915,6 @@ fn status_json(s: &Status, c: &BalancerConfig, enabled: bool, _now: Timestamp) -
         "on_grid_w": c.on_grid_w,
         "off_grid_percent": c.off_grid_percent,
     })
-}
-
-/// Plugs whose switch commands come from the user rather than the
-/// automation are those in `kind` Plug; the bridge asks before routing.
-pub fn is_plug(registry: &Registry, id: &str) -> bool {
-    registry.get(id).is_some_and(|e| e.kind == DeviceKind::Plug)
 }
 
 #[cfg(test)]
