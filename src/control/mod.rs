@@ -118,7 +118,7 @@ impl Control {
             automations: PlugAutomation::all(&config.plug),
             timer_status: BTreeMap::new(),
             rules: Rules::from_config(&config.alerts),
-            alert_state: AlertState::new(),
+            alert_state: saved.alerts.clone(),
             alerts_published: None,
             saved,
             executor: Executor::default(),
@@ -201,7 +201,7 @@ impl Control {
             changed |= self.step_unit(i, registry, bms_limit, now, &mut out);
         }
         changed |= self.step_timers(registry, now, local, &mut out);
-        self.step_alerts(registry, now, &mut out);
+        changed |= self.step_alerts(registry, now, &mut out);
         for d in self.executor.due(now, |p| {
             registry.get(p).is_some_and(|e| e.online == Some(true))
         }) {
@@ -399,7 +399,8 @@ impl Control {
         ));
     }
 
-    fn step_alerts(&mut self, registry: &Registry, now: Timestamp, out: &mut Vec<Output>) {
+    /// Returns whether the alert state worth keeping changed.
+    fn step_alerts(&mut self, registry: &Registry, now: Timestamp, out: &mut Vec<Output>) -> bool {
         let failsafe: Vec<&str> = self
             .units
             .iter()
@@ -420,7 +421,7 @@ impl Control {
             balancer_failsafe: failsafe,
         };
         let outcome = alerts::evaluate(&inputs, &self.rules, &self.alert_state, now);
-        self.alert_state = outcome.state;
+        self.alert_state = outcome.state.clone();
         for e in &outcome.events {
             let span = tracing::info_span!("alert", device = %e.device);
             let _enter = span.enter();
@@ -448,6 +449,7 @@ impl Control {
             self.alerts_published = Some(payload.clone());
             out.push(Output::Alerts(payload));
         }
+        outcome.changed || !outcome.events.is_empty()
     }
 
     fn alerts_payload(&self, active: &[alerts::ActiveAlert]) -> Value {
@@ -534,6 +536,7 @@ impl Control {
             .iter()
             .map(|u| (u.inverter.clone(), u.state.persisted().clone()))
             .collect();
+        self.saved.alerts = self.alert_state.clone();
         match self.store.save(persist::FILE, &self.saved) {
             Ok(()) => {
                 if self.save_failed {
@@ -1127,6 +1130,49 @@ mod tests {
         let (c2, _) = Control::new(&cfg, Store::new(dir.path()));
         assert_eq!(c2.units[0].config.on_grid_w, 6000.0);
         assert!(!c2.units[0].state.persisted().enabled);
+    }
+
+    #[test]
+    fn an_active_alert_survives_a_restart_without_a_second_notification() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = config();
+        cfg.alerts.startup_grace = std::time::Duration::ZERO;
+        let raises = |out: &[Output]| {
+            out.iter()
+                .filter(|o| matches!(o, Output::AlertEvent(v) if v["event_type"] == "raise"))
+                .count()
+        };
+        let faulty = |r: &mut Registry, t: u64| {
+            r.set_online("inv", true);
+            let v = json!({"faults": "F18 AC over-current", "fault_bits": 1u64 << 17});
+            r.record("inv", v.as_object().unwrap().clone(), seen(t));
+        };
+        let (mut c, _) = Control::new(&cfg, Store::new(dir.path()));
+        let mut r = Registry::from_config(&cfg);
+        let mut n = 0;
+        for s in 0..60 {
+            faulty(&mut r, T0 + s * 1000);
+            n += raises(&c.step(&r, at(T0 + s * 1000), local()));
+        }
+        assert_eq!(n, 1, "raised once");
+
+        let (mut c2, _) = Control::new(&cfg, Store::new(dir.path()));
+        let mut r2 = Registry::from_config(&cfg);
+        let mut out = Vec::new();
+        for s in 60..120 {
+            faulty(&mut r2, T0 + s * 1000);
+            out.extend(c2.step(&r2, at(T0 + s * 1000), local()));
+        }
+        assert_eq!(raises(&out), 0, "not notified again after the restart");
+        let list = out
+            .iter()
+            .find_map(|o| match o {
+                Output::Alerts(v) => Some(v.clone()),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(list["count"], 1, "{list}");
+        assert_eq!(list["active"][0]["rule"], "inverter_fault");
     }
 
     #[test]

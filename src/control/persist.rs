@@ -31,4 +31,7 @@ pub struct Saved {
     pub timers: crate::core::timers::TimerState,
     /// Alert thresholds changed from Home Assistant, by rule id.
     pub alert_thresholds: BTreeMap<String, f64>,
+    /// Active alerts and when each was last notified, so a restart neither
+    /// forgets an alert nor notifies it again.
+    pub alerts: crate::core::alerts::AlertState,
 }
