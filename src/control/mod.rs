@@ -317,7 +317,11 @@ impl Control {
         }
         let phase = d.status.state;
         if prev_phase != Some(phase) && prev_phase.is_some() {
-            tracing::info!(from = ?prev_phase, to = ?phase, "balancer state");
+            tracing::info!(
+                from = prev_phase.map_or("none", phase_text),
+                to = phase_text(phase),
+                "balancer state"
+            );
             if matches!(phase, Phase::Failsafe | Phase::Stale)
                 || prev_phase == Some(Phase::Failsafe)
             {
@@ -867,6 +871,17 @@ pub fn reason_text(r: Reason) -> &'static str {
         Reason::PvDeficit => "pv_deficit",
         Reason::Restore => "restore",
         Reason::PvSurplus => "pv_surplus",
+    }
+}
+
+fn phase_text(p: Phase) -> &'static str {
+    match p {
+        Phase::Idle => "idle",
+        Phase::Shedding => "shedding",
+        Phase::Restoring => "restoring",
+        Phase::Stale => "stale",
+        Phase::Failsafe => "failsafe",
+        Phase::Disabled => "disabled",
     }
 }
 
