@@ -228,6 +228,11 @@ pub struct Bridge {
     ha_birth_at: Option<Instant>,
     /// What devices said about themselves, for their discovery configs.
     known: Known,
+    /// Configs an earlier run left under a device that has not described
+    /// itself yet: judged once it has, so that a pack or plug unreachable
+    /// at start keeps its entities (and the user's changes to them) in
+    /// Home Assistant.
+    deferred_stale: Vec<String>,
     control: Control,
     /// Outputs of loading the control state, published with the rest.
     control_startup: Vec<control::Output>,
@@ -235,7 +240,7 @@ pub struct Bridge {
 
 impl Bridge {
     pub fn new(config: Config, topics: Topics, outbox: Arc<Outbox>, client: AsyncClient) -> Self {
-        let discovery = discovery_messages(&config, &topics, &Known::default());
+        let discovery = published_discovery(&config, &topics, &Known::default());
         let registry = Registry::from_config(&config);
         let (control, control_startup) = Control::new(
             &config,
@@ -257,6 +262,7 @@ impl Bridge {
             gc: None,
             ha_birth_at: None,
             known: Known::default(),
+            deferred_stale: Vec::new(),
             control,
             control_startup,
         }
@@ -395,10 +401,25 @@ impl Bridge {
             tracing::debug!(error = %e, "unsubscribe from discovery topics failed");
         }
         for topic in discovery::stale_topics(&gc.found, &self.discovery) {
-            tracing::info!(%topic, "removing discovery config the configuration no longer produces");
-            self.outbox
-                .push(Message::retained(Class::Discovery, topic, Vec::<u8>::new()));
+            if self.waits_for_description(&topic) {
+                tracing::debug!(%topic, "keeping discovery config until its device has described itself");
+                self.deferred_stale.push(topic);
+            } else {
+                self.remove_discovery(topic);
+            }
         }
+    }
+
+    fn waits_for_description(&self, topic: &str) -> bool {
+        self.topics
+            .discovery_node(topic)
+            .is_some_and(|node| !self.known.describes(&self.config, node))
+    }
+
+    fn remove_discovery(&mut self, topic: String) {
+        tracing::info!(%topic, "removing discovery config the configuration no longer produces");
+        self.outbox
+            .push(Message::retained(Class::Discovery, topic, Vec::<u8>::new()));
     }
 
     fn on_incoming(&mut self, msg: Incoming) {
@@ -729,7 +750,7 @@ impl Bridge {
     /// clears those no longer produced (a plug found to be a P100 loses its
     /// power entities).
     fn refresh_discovery(&mut self) {
-        let fresh = discovery_messages(&self.config, &self.topics, &self.known);
+        let fresh = published_discovery(&self.config, &self.topics, &self.known);
         for old in &self.discovery {
             if !fresh.iter().any(|m| m.topic == old.topic) {
                 self.outbox.push(Message::retained(
@@ -749,6 +770,16 @@ impl Bridge {
             }
         }
         self.discovery = fresh;
+        let (waiting, judged): (Vec<String>, Vec<String>) =
+            std::mem::take(&mut self.deferred_stale)
+                .into_iter()
+                .partition(|t| self.waits_for_description(t));
+        self.deferred_stale = waiting;
+        for topic in judged {
+            if !self.discovery.iter().any(|m| m.topic == topic) {
+                self.remove_discovery(topic);
+            }
+        }
     }
 
     /// The `site` device: only with more than one inverter.
@@ -843,8 +874,6 @@ impl Bridge {
     }
 }
 
-/// Every discovery config the configuration produces (empty when
-/// discovery is off, so the clean-up removes what an earlier run left).
 /// What devices have told the bridge about themselves since start.
 #[derive(Debug, Clone, Default)]
 pub struct Known {
@@ -853,10 +882,55 @@ pub struct Known {
     pub fields: HashMap<String, Vec<crate::model::FieldSpec>>,
 }
 
+impl Known {
+    /// Whether the configured device `id` has said everything its entities
+    /// depend on: a pack its cell count, a plug its model. Anything else
+    /// (the inverter, the bridge's own devices, foreign ids) depends on
+    /// nothing.
+    pub fn describes(&self, config: &Config, id: &str) -> bool {
+        if config.bms.iter().any(|b| b.id == id) {
+            return self.fields.contains_key(id);
+        }
+        if config.plug.iter().any(|p| p.id == id) {
+            return self.identities.get(id).is_some_and(|i| i.model.is_some());
+        }
+        true
+    }
+}
+
+/// What discovery publishes for a plug whose model is not known yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum UnknownPlug {
+    /// Only what every plug has: a P100 never shows power entities that
+    /// vanish a moment later; a P110 gains them when it answers.
+    Common,
+    /// Everything a plug may have.
+    Any,
+}
+
+/// Every discovery config the configuration may produce, with plugs of
+/// unknown model assumed to meter (empty when discovery is off). What
+/// `energy2mqtt discovery` prints.
 pub fn discovery_messages(
     config: &Config,
     topics: &Topics,
     known: &Known,
+) -> Vec<DiscoveryMessage> {
+    discovery_with(config, topics, known, UnknownPlug::Any)
+}
+
+/// The discovery configs the running bridge publishes: only what the
+/// devices are known to have (empty when discovery is off, so the clean-up
+/// removes what an earlier run left).
+fn published_discovery(config: &Config, topics: &Topics, known: &Known) -> Vec<DiscoveryMessage> {
+    discovery_with(config, topics, known, UnknownPlug::Common)
+}
+
+fn discovery_with(
+    config: &Config,
+    topics: &Topics,
+    known: &Known,
+    unknown_plug: UnknownPlug,
 ) -> Vec<DiscoveryMessage> {
     if !config.homeassistant.discovery {
         return Vec::new();
@@ -903,10 +977,10 @@ pub fn discovery_messages(
     }
     for plug in &config.plug {
         let info = identities.get(&plug.id).cloned().unwrap_or_default();
-        let unmetered = info
-            .model
-            .as_deref()
-            .is_some_and(crate::drivers::tapo::is_unmetered);
+        let unmetered = match info.model.as_deref() {
+            Some(model) => crate::drivers::tapo::is_unmetered(model),
+            None => unknown_plug == UnknownPlug::Common,
+        };
         let device = device_block(topics, &plug.id, &plug.name, info, ("TP-Link", "Tapo plug"));
         let mut entities = discovery::DeviceEntities::new(topics, &plug.id, device);
         // The switch is the device's main feature: it takes the device's

@@ -329,3 +329,86 @@ async fn wrong_credentials_are_reported_once_without_a_login_storm() {
     );
     assert_eq!(bridge.terminate(), Some(0));
 }
+
+/// An earlier run's retained config, as the bridge itself would have left it.
+fn earlier_config(plug: &str, object: &str) -> String {
+    serde_json::json!({
+        "name": object,
+        "unique_id": format!("energy2mqtt_{plug}_{object}"),
+        "state_topic": format!("energy2mqtt/{plug}"),
+        "origin": {"name": "energy2mqtt"},
+        "device": {"identifiers": [format!("energy2mqtt_{plug}")], "name": plug,
+                   "via_device": "energy2mqtt_bridge_energy2mqtt"}
+    })
+    .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_waits_for_the_plug_model_instead_of_flickering() {
+    let broker = Broker::start(BrokerKind::Embedded);
+    let lamp = plug(Flavour::P100, Load::Constant { watts: 60.0 }).await;
+    // A configured plug nobody answers for: the bridge cannot know its model.
+    let away_port = free_port();
+    let mut watch = Client::connect(
+        broker.port,
+        &[
+            "energy2mqtt/lamp",
+            "homeassistant/+/lamp/+/config",
+            "homeassistant/+/away/+/config",
+        ],
+    )
+    .await;
+    // What an earlier run left: power entities on both (say the lamp was
+    // then a P110 at this id, and the away plug is one).
+    let user = Client::connect(broker.port, &[]).await;
+    for plug in ["lamp", "away"] {
+        user.publish(
+            &format!("homeassistant/sensor/{plug}/power/config"),
+            earlier_config(plug, "power"),
+            true,
+        )
+        .await;
+    }
+    let toml = config(&format!(
+        "{}{}",
+        plug_toml("lamp", lamp.addr.port(), "nominal_w = 60.0"),
+        plug_toml("away", away_port, "")
+    ));
+    let mut bridge = Bridge::start(&broker.url(), &toml, &[]);
+    // Past the 1 s clean-up window and several polls of both plugs.
+    let msgs = watch.collect(Duration::from_secs(5)).await;
+    let published = |topic: &str, empty: bool| {
+        msgs.iter()
+            .filter(|m| m.topic == topic && m.payload.is_empty() == empty)
+            .count()
+    };
+    assert!(
+        msgs.iter()
+            .any(|m| m.topic == "energy2mqtt/lamp" && m.json()["state"] == "ON"),
+        "the lamp answered"
+    );
+    // Only the earlier run's config: the bridge never announced a power
+    // entity for a plug whose model it did not know, and cleared it once
+    // the lamp said it is a P100.
+    assert_eq!(
+        published("homeassistant/sensor/lamp/power/config", false),
+        1
+    );
+    assert_eq!(published("homeassistant/sensor/lamp/power/config", true), 1);
+    assert_eq!(
+        published("homeassistant/sensor/lamp/energy_today/config", false),
+        0
+    );
+    assert!(published("homeassistant/switch/lamp/switch/config", false) >= 1);
+    // The unreachable plug keeps its entities in Home Assistant.
+    assert_eq!(published("homeassistant/sensor/away/power/config", true), 0);
+    assert!(published("homeassistant/switch/away/switch/config", false) >= 1);
+    assert!(
+        bridge
+            .log_text()
+            .contains("keeping discovery config until its device has described itself"),
+        "the kept config is logged"
+    );
+    assert!(bridge.is_running());
+    assert_eq!(bridge.terminate(), Some(0));
+}

@@ -141,6 +141,15 @@ impl Topics {
         )
     }
 
+    /// The node (our device id) of a per-entity discovery config topic.
+    pub fn discovery_node<'a>(&self, topic: &'a str) -> Option<&'a str> {
+        let rest = topic.strip_prefix(self.discovery_prefix.as_str())?;
+        let mut parts = rest.strip_prefix('/')?.split('/');
+        let (_component, node, _object, config) =
+            (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        (config == "config" && parts.next().is_none()).then_some(node)
+    }
+
     /// Matches every per-entity discovery config, ours and others'.
     pub fn discovery_filter(&self) -> String {
         format!("{}/+/+/+/config", self.discovery_prefix)
@@ -212,6 +221,16 @@ mod tests {
         assert_eq!(
             t.discovery_config("sensor", "battery1", "soc"),
             "homeassistant/sensor/battery1/soc/config"
+        );
+        assert_eq!(
+            t.discovery_node("homeassistant/sensor/battery1/soc/config"),
+            Some("battery1")
+        );
+        assert_eq!(t.discovery_node("homeassistant/sensor/battery1/soc"), None);
+        assert_eq!(t.discovery_node("other/sensor/battery1/soc/config"), None);
+        assert_eq!(
+            t.discovery_node("homeassistant/sensor/battery1/soc/config/x"),
+            None
         );
     }
 
