@@ -11,11 +11,12 @@
 //! timeout and the whole run stays under about a minute; what could not be
 //! measured is printed as such. Figures go to docs/PERFORMANCE.md.
 
-use std::fs::File;
+#[path = "support/process.rs"]
+mod process;
+
 use std::hint::black_box;
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -31,6 +32,8 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS, SubscribeFi
 use serde_json::{Map, Value};
 use time::OffsetDateTime;
 use tokio::task::JoinHandle;
+
+use process::{Proc, find_binary, read_mem, wait_for_port};
 
 const DEVICES: usize = 100;
 const E2E_MESSAGES: usize = 100_000;
@@ -675,134 +678,6 @@ async fn e2e_run(
 }
 
 // ------------------------------------------------------- 3. bridge RSS
-
-#[derive(Debug, Clone, Copy)]
-struct Mem {
-    rss_kib: u64,
-    hwm_kib: u64,
-}
-
-impl Mem {
-    fn rss_mib(&self) -> f64 {
-        self.rss_kib as f64 * 1024.0 / MIB
-    }
-    fn hwm_mib(&self) -> f64 {
-        self.hwm_kib as f64 * 1024.0 / MIB
-    }
-}
-
-/// VmRSS and VmHWM of `pid` (this process when `None`).
-fn read_mem(pid: Option<u32>) -> Option<Mem> {
-    let path = match pid {
-        Some(p) => format!("/proc/{p}/status"),
-        None => "/proc/self/status".to_owned(),
-    };
-    let text = std::fs::read_to_string(path).ok()?;
-    let field = |name: &str| -> Option<u64> {
-        text.lines()
-            .find(|l| l.starts_with(name))?
-            .split_whitespace()
-            .nth(1)?
-            .parse()
-            .ok()
-    };
-    Some(Mem {
-        rss_kib: field("VmRSS:")?,
-        hwm_kib: field("VmHWM:")?,
-    })
-}
-
-/// The `energy2mqtt` binary: the one cargo built for this bench, else
-/// target/release, else target/debug next to the bench executable or the
-/// manifest.
-fn find_binary() -> Option<PathBuf> {
-    let mut candidates = Vec::new();
-    if let Some(p) = option_env!("CARGO_BIN_EXE_energy2mqtt") {
-        candidates.push(PathBuf::from(p));
-    }
-    let mut target_dirs = Vec::new();
-    if let Ok(exe) = std::env::current_exe() {
-        // target/<profile>/deps/mqtt_bench-<hash>
-        if let Some(t) = exe.parent().and_then(Path::parent).and_then(Path::parent) {
-            target_dirs.push(t.to_path_buf());
-        }
-    }
-    target_dirs.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
-    for profile in ["release", "debug"] {
-        for t in &target_dirs {
-            candidates.push(t.join(profile).join("energy2mqtt"));
-        }
-    }
-    candidates.into_iter().find(|p| p.is_file())
-}
-
-/// A child process that is killed when dropped (also on error or panic).
-struct Proc {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Proc {
-    fn spawn(
-        bin: &Path,
-        args: &[&str],
-        env: &[(&str, String)],
-        dir: &Path,
-        name: &str,
-    ) -> Result<Self> {
-        let log = dir.join(format!("{name}.log"));
-        let stderr = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-        let child = Command::new(bin)
-            .args(args)
-            .env_clear()
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .with_context(|| format!("starting {} {}", bin.display(), args.join(" ")))?;
-        Ok(Self { child, log })
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Err with the end of its log when the process already exited.
-    fn check_alive(&mut self) -> Result<()> {
-        match self.child.try_wait() {
-            Ok(None) => Ok(()),
-            Ok(Some(status)) => Err(anyhow!("exited ({status}): {}", self.log_tail())),
-            Err(e) => Err(anyhow!("cannot query the process: {e}")),
-        }
-    }
-
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(5)..].join(" | ")
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn wait_for_port(port: u16, timeout: Duration) -> bool {
-    let until = Instant::now() + timeout;
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    while Instant::now() < until {
-        if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    false
-}
 
 async fn bench_rss(report: &mut Report, deadline: Instant) -> Result<()> {
     let bin = find_binary().ok_or_else(|| {

@@ -405,6 +405,36 @@ async fn send_fragmented(tx: &mpsc::Sender<Vec<u8>>, frame: &[u8], rng: &mut u64
     true
 }
 
+/// What a simulated pack answers to the device-info request.
+pub fn device_info_frame(pack: &SimPack) -> Vec<u8> {
+    let mut info = DeviceInfo::example();
+    info.device_name = format!("JK-sim-{}", pack.seed);
+    info.serial_number = format!("5032148490{:05}", pack.seed);
+    info.encode().as_bytes().to_vec()
+}
+
+/// The settings frame a simulated pack sends before it streams.
+pub fn settings_frame() -> Option<Vec<u8>> {
+    Settings::example(Variant::Jk02_32s)
+        .encode()
+        .ok()
+        .map(|f| f.as_bytes().to_vec())
+}
+
+/// `n` consecutive cell-info frames of `pack`, `period` apart, for a
+/// Bluetooth stack that replays them (the fake BlueZ of the benches).
+pub fn cell_frames(pack: &SimPack, n: usize, period: Duration) -> Vec<Vec<u8>> {
+    let epoch = Instant::now();
+    let mut battery = Battery::new(pack.clone(), CurrentSource::Swing, epoch);
+    (0..n)
+        .filter_map(|k| {
+            let mut info = battery.step_at(epoch + period * (k as u32 + 1));
+            info.counter = (k as u8).wrapping_add(1);
+            info.encode().ok().map(|f| f.as_bytes().to_vec())
+        })
+        .collect()
+}
+
 async fn serve(
     mut battery: Battery,
     mut commands: mpsc::Receiver<Vec<u8>>,
@@ -421,10 +451,7 @@ async fn serve(
                 let Ok(cmd) = Command::decode(&bytes) else { continue };
                 match Request::from_register(cmd.register) {
                     Some(Request::DeviceInfo) => {
-                        let mut info = DeviceInfo::example();
-                        info.device_name = format!("JK-sim-{}", battery.pack.seed);
-                        info.serial_number = format!("5032148490{:05}", battery.pack.seed);
-                        if !send_fragmented(&tx, info.encode().as_bytes(), &mut rng).await {
+                        if !send_fragmented(&tx, &device_info_frame(&battery.pack), &mut rng).await {
                             return;
                         }
                         // The "ready" record some firmware sends after it.
@@ -433,8 +460,8 @@ async fn serve(
                         }
                     }
                     Some(Request::CellInfo) => {
-                        if let Ok(frame) = Settings::example(Variant::Jk02_32s).encode() {
-                            if !send_fragmented(&tx, frame.as_bytes(), &mut rng).await {
+                        if let Some(frame) = settings_frame() {
+                            if !send_fragmented(&tx, &frame, &mut rng).await {
                                 return;
                             }
                         }
@@ -598,5 +625,40 @@ mod tests {
             connector.open(&other).await.is_err(),
             "an unknown pack is not seen"
         );
+    }
+
+    #[test]
+    fn replayable_frames_decode_in_order() {
+        let pack = SimPack {
+            cells: 8,
+            ..SimPack::default()
+        };
+        let mut bytes = device_info_frame(&pack);
+        bytes.extend(settings_frame().expect("settings frame"));
+        for f in cell_frames(&pack, 3, Duration::from_millis(500)) {
+            bytes.extend(f);
+        }
+        let mut assembler = Assembler::new();
+        let mut frames = Vec::new();
+        assembler.feed(&bytes, |f| frames.push(f));
+        let mut decoder = StreamDecoder::new(None);
+        let decoded: Vec<Decoded> = frames
+            .iter()
+            .map(|f| decoder.decode(f).expect("decodes"))
+            .collect();
+        assert_eq!(decoded.len(), 5);
+        assert!(
+            matches!(&decoded[0], Decoded::DeviceInfo(d) if d.device_name == "JK-sim-1"),
+            "{:?}",
+            decoded[0]
+        );
+        assert!(matches!(decoded[1], Decoded::Settings(_)));
+        for (k, d) in decoded[2..].iter().enumerate() {
+            let Decoded::CellInfo(c) = d else {
+                panic!("cell info expected: {d:?}")
+            };
+            assert_eq!(c.counter, k as u8 + 1);
+            assert_eq!(c.cells.len(), 8);
+        }
     }
 }
