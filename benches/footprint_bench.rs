@@ -51,6 +51,13 @@ const PLUGS: [(&str, Flavour, f64); 4] = [
 /// After every device has published: let start-up work settle.
 const WARM_UP: Duration = Duration::from_secs(15);
 const WINDOW: Duration = Duration::from_secs(90);
+
+fn window() -> Duration {
+    std::env::var("FOOTPRINT_WINDOW_S")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map_or(WINDOW, Duration::from_secs)
+}
 /// Distinct cell-info frames each pack cycles through.
 const FRAMES_PER_PACK: usize = 120;
 
@@ -82,7 +89,13 @@ fn run() -> Result<()> {
             seed: i as u64 + 1,
             ..SimPack::default()
         };
-        fake.add_pack(mac, "JK_B2A16S20P", Generation::OneCharacteristic, true, false);
+        fake.add_pack(
+            mac,
+            "JK_B2A16S20P",
+            Generation::OneCharacteristic,
+            true,
+            false,
+        );
         fake.set_responses(mac, 0x97, vec![device_info_frame(&pack)]);
         let mut frames: Vec<Vec<u8>> = settings_frame().into_iter().collect();
         frames.extend(cell_frames(
@@ -156,7 +169,10 @@ poll_interval = "5s"
         ));
     }
     for (i, mac) in PACKS.iter().enumerate() {
-        toml.push_str(&format!("[[bms]]\nid = \"battery{}\"\nmac = \"{mac}\"\n", i + 1));
+        toml.push_str(&format!(
+            "[[bms]]\nid = \"battery{}\"\nmac = \"{mac}\"\n",
+            i + 1
+        ));
     }
     let config_path = dir.path().join("energy2mqtt.toml");
     std::fs::write(&config_path, toml)?;
@@ -210,10 +226,14 @@ async fn measure(
             .context("watcher subscribed")?;
     }
 
-    let env = vec![
+    let mut env = vec![
         ("DBUS_SYSTEM_BUS_ADDRESS", fake.address().to_string()),
         ("E2M_LOG__LEVEL", "info".to_string()),
     ];
+    // The allocator's knob, to compare with and without it.
+    if let Ok(v) = std::env::var("MALLOC_ARENA_MAX") {
+        env.push(("MALLOC_ARENA_MAX", v));
+    }
     let spawned = Instant::now();
     let config_arg = config.display().to_string();
     let mut bridge = Proc::spawn(bin, &["run", "--config", &config_arg], &env, dir, "bridge")?;
@@ -224,7 +244,10 @@ async fn measure(
         let left = deadline.saturating_duration_since(Instant::now());
         let Ok(Some((at, topic))) = tokio::time::timeout(left, rx.recv()).await else {
             bridge.check_alive()?;
-            bail!("no state within 30 s from {waiting:?}: {}", bridge.log_tail());
+            bail!(
+                "no state within 30 s from {waiting:?}: {}",
+                bridge.log_tail()
+            );
         };
         if let Some(id) = topic.strip_prefix("energy2mqtt/") {
             if waiting.remove(id) {
@@ -235,7 +258,10 @@ async fn measure(
     watch.abort();
     println!("== 1. start to first complete publish (2 BMS, 1 inverter, 4 plugs) ==");
     for (id, t) in &first {
-        println!("  {id:<9} first state after {:>7.1} ms", t.as_secs_f64() * 1e3);
+        println!(
+            "  {id:<9} first state after {:>7.1} ms",
+            t.as_secs_f64() * 1e3
+        );
     }
     let complete = first.iter().map(|f| f.1).max().unwrap_or_default();
     println!(
@@ -254,7 +280,7 @@ async fn measure(
         .sum::<u64>();
     let t0 = Instant::now();
     let (mut peak, mut samples, mut sum) = (0u64, 0u64, 0u64);
-    while t0.elapsed() < WINDOW {
+    while t0.elapsed() < window() {
         tokio::time::sleep(Duration::from_millis(100)).await;
         if let Some(m) = read_mem(Some(pid)) {
             peak = peak.max(m.rss_kib);
@@ -282,7 +308,17 @@ async fn measure(
         100.0 * cpu_s / secs,
         notes as f64 / secs
     );
-    println!("\n== 3. memory ==");
+    let threads = std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count());
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kinds: Vec<String> = status
+        .lines()
+        .filter(|l| l.starts_with("Rss"))
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    println!(
+        "\n== 3. memory ({threads} threads; {}) ==",
+        kinds.join(", ")
+    );
     println!(
         "  VmRSS peak {:.2} MiB, mean {:.2} MiB over {samples} samples; at the end VmRSS {:.2} MiB, VmHWM {:.2} MiB (target <= 12 MiB)",
         peak as f64 / 1024.0,
