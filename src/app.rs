@@ -411,9 +411,12 @@ impl Bridge {
     }
 
     fn waits_for_description(&self, topic: &str) -> bool {
-        self.topics
-            .discovery_node(topic)
-            .is_some_and(|node| !self.known.describes(&self.config, node))
+        // With discovery off every config of ours goes, described or not.
+        self.config.homeassistant.discovery
+            && self
+                .topics
+                .discovery_node(topic)
+                .is_some_and(|node| !self.known.describes(&self.config, node))
     }
 
     fn remove_discovery(&mut self, topic: String) {

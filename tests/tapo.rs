@@ -411,4 +411,25 @@ async fn discovery_waits_for_the_plug_model_instead_of_flickering() {
     );
     assert!(bridge.is_running());
     assert_eq!(bridge.terminate(), Some(0));
+
+    // With discovery switched off, every config of ours goes, including
+    // those of the plug that still does not answer.
+    let mut bridge = Bridge::start(
+        &broker.url(),
+        &toml,
+        &[("E2M_HOMEASSISTANT__DISCOVERY", "false")],
+    );
+    let msgs = watch.collect(Duration::from_secs(3)).await;
+    for topic in [
+        "homeassistant/sensor/away/power/config",
+        "homeassistant/switch/away/switch/config",
+        "homeassistant/switch/lamp/switch/config",
+    ] {
+        assert!(
+            msgs.iter()
+                .any(|m| m.topic == topic && m.payload.is_empty()),
+            "{topic} cleared"
+        );
+    }
+    assert_eq!(bridge.terminate(), Some(0));
 }
