@@ -11,6 +11,11 @@
 //! `cargo bench --bench tapo_bench`. Loopback only. Figures go to
 //! docs/PERFORMANCE.md.
 
+#[path = "support/stats.rs"]
+mod stats;
+
+use stats::{ms, percentile};
+
 use std::net::{SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
 
@@ -34,15 +39,6 @@ fn thread_cpu() -> Option<Duration> {
     let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
     let ns: u64 = s.split_whitespace().next()?.parse().ok()?;
     Some(Duration::from_nanos(ns))
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
 }
 
 fn main() {

@@ -4,15 +4,11 @@
 
 mod support;
 
-use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use energy2mqtt::sim::deye_model::{InverterModel, ModelConfig, SimTime};
-use energy2mqtt::sim::solarman::SolarmanSim;
 use support::*;
 
-const SERIAL: u32 = 2_712_345_678;
+const SERIAL: u32 = DEYE_SERIAL;
 
 fn config(port: u16) -> String {
     format!(
@@ -45,14 +41,7 @@ fn alert_event(kind: &'static str, rule: &'static str) -> impl Fn(&Msg) -> bool 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_inverter_fault_raises_and_clears_and_thresholds_are_editable() {
     let broker = Broker::start(BrokerKind::Embedded);
-    let model = InverterModel::new(
-        ModelConfig::default(),
-        SimTime::from_system_time(std::time::SystemTime::now()),
-    );
-    let sim = SolarmanSim::start(SocketAddr::from(([127, 0, 0, 1], 0)), SERIAL, model)
-        .await
-        .expect("simulator");
-    sim.faults.latency_ms.store(5, Ordering::Relaxed);
+    let sim = deye_sim().await;
     let data = tempfile::tempdir().unwrap();
     let data_dir = data.path().to_str().unwrap().to_owned();
     let env = [("E2M_STORAGE__DIR", data_dir.as_str())];

@@ -3,27 +3,12 @@
 
 mod support;
 
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use energy2mqtt::sim::deye_model::{InverterModel, ModelConfig, SimTime};
-use energy2mqtt::sim::solarman::SolarmanSim;
 use support::*;
 
-const SERIAL: u32 = 2_712_345_678;
-
-async fn sim() -> SolarmanSim {
-    let model = InverterModel::new(
-        ModelConfig::default(),
-        SimTime::from_system_time(std::time::SystemTime::now()),
-    );
-    let sim = SolarmanSim::start(SocketAddr::from(([127, 0, 0, 1], 0)), SERIAL, model)
-        .await
-        .expect("simulator");
-    sim.faults.latency_ms.store(5, Ordering::Relaxed);
-    sim
-}
+const SERIAL: u32 = DEYE_SERIAL;
 
 fn inverter_toml(port: u16, serial: u32) -> String {
     format!(
@@ -70,7 +55,7 @@ fn assert_plausible(state: &serde_json::Value) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inverter_appears_with_every_entity_and_real_values() {
     let broker = Broker::start(BrokerKind::Embedded);
-    let sim = sim().await;
+    let sim = deye_sim().await;
     let mut client = Client::connect(
         broker.port,
         &[
@@ -166,7 +151,7 @@ async fn inverter_appears_with_every_entity_and_real_values() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_fault_is_survived_and_nothing_implausible_is_published() {
     let broker = Broker::start(BrokerKind::Embedded);
-    let sim = sim().await;
+    let sim = deye_sim().await;
     let mut client = Client::connect(
         broker.port,
         &["energy2mqtt/inverter", "energy2mqtt/inverter/availability"],
@@ -310,7 +295,7 @@ async fn every_fault_is_survived_and_nothing_implausible_is_published() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_logger_serial_is_reported_with_the_right_one() {
     let broker = Broker::start(BrokerKind::Embedded);
-    let sim = sim().await;
+    let sim = deye_sim().await;
     let mut client = Client::connect(broker.port, &["energy2mqtt/bridge/event"]).await;
     let mut bridge = Bridge::start(
         &broker.url(),
@@ -343,8 +328,8 @@ async fn a_wrong_logger_serial_is_reported_with_the_right_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_inverters_are_two_devices_and_a_site_sums_them() {
     let broker = Broker::start(BrokerKind::Embedded);
-    let a = sim().await;
-    let b = sim().await;
+    let a = deye_sim().await;
+    let b = deye_sim().await;
     let toml = format!(
         r#"
 [[inverter]]

@@ -15,6 +15,30 @@ use tokio::time::Instant;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_energy2mqtt");
 
+/// The logger serial the tests' Deye simulators answer to.
+pub const DEYE_SERIAL: u32 = 2_712_345_678;
+
+/// A simulated Deye behind a Solarman V5 logger on a free loopback port,
+/// answering after 5 ms.
+pub async fn deye_sim() -> energy2mqtt::sim::solarman::SolarmanSim {
+    use energy2mqtt::sim::deye_model::{InverterModel, ModelConfig, SimTime};
+    let model = InverterModel::new(
+        ModelConfig::default(),
+        SimTime::from_system_time(std::time::SystemTime::now()),
+    );
+    let sim = energy2mqtt::sim::solarman::SolarmanSim::start(
+        std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        DEYE_SERIAL,
+        model,
+    )
+    .await
+    .expect("simulator");
+    sim.faults
+        .latency_ms
+        .store(5, std::sync::atomic::Ordering::Relaxed);
+    sim
+}
+
 /// Which broker a test runs against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BrokerKind {
