@@ -43,6 +43,18 @@ impl AssemblerStats {
         map.insert("junk_bytes".into(), self.junk_bytes.into());
         map
     }
+
+    /// Both counts added: a pack's totals over its sessions, so that the
+    /// `total_increasing` counters never fall back on a reconnect.
+    pub fn plus(self, other: Self) -> Self {
+        Self {
+            frames: self.frames + other.frames,
+            bad_checksums: self.bad_checksums + other.bad_checksums,
+            unknown_types: self.unknown_types + other.unknown_types,
+            junk_bytes: self.junk_bytes + other.junk_bytes,
+            overflows: self.overflows + other.overflows,
+        }
+    }
 }
 
 /// Reassembles frames from notifications with bounded memory: never more

@@ -94,9 +94,15 @@ pub struct PackShape {
     /// present; the enabled mask is contiguous on real packs).
     pub cells: u8,
     pub temperatures: Vec<TempSensor>,
+    /// Whether a settings frame has come: its keys are advertised only
+    /// then, since a pack that never sends one would leave Home
+    /// Assistant's templates rendering keys the state object lacks.
+    pub settings: bool,
 }
 
 impl PackShape {
+    /// The shape of a pack that has sent cell info but (as far as this
+    /// says) no settings; see [`Self::with_settings`].
     pub fn of(info: &CellInfo) -> Self {
         Self {
             variant: info.variant,
@@ -105,7 +111,13 @@ impl PackShape {
                 .into_iter()
                 .filter(|s| s.read(info).is_some())
                 .collect(),
+            settings: false,
         }
+    }
+
+    /// The same shape, with or without the settings frame's keys.
+    pub fn with_settings(self, settings: bool) -> Self {
+        Self { settings, ..self }
     }
 }
 
@@ -196,15 +208,20 @@ pub fn fields(shape: &PackShape) -> Vec<FieldSpec> {
             },
         ]);
     }
-    out.extend([
-        diagnostic(sensor("cell_count", "Cell count")),
-        volts("cell_min_voltage", "Lowest cell voltage", 3),
-        volts("cell_max_voltage", "Highest cell voltage", 3),
-        diagnostic(sensor("cell_min_number", "Lowest cell")),
-        diagnostic(sensor("cell_max_number", "Highest cell")),
-        volts("cell_average_voltage", "Average cell voltage", 3),
-        volts("cell_delta_voltage", "Cell voltage delta", 3),
-    ]);
+    out.push(diagnostic(sensor("cell_count", "Cell count")));
+    // A pack that reports no cells (a cell-count alarm) has no statistics
+    // over them: advertising the keys anyway would leave Home Assistant
+    // rendering keys the state object lacks.
+    if shape.cells > 0 {
+        out.extend([
+            volts("cell_min_voltage", "Lowest cell voltage", 3),
+            volts("cell_max_voltage", "Highest cell voltage", 3),
+            diagnostic(sensor("cell_min_number", "Lowest cell")),
+            diagnostic(sensor("cell_max_number", "Highest cell")),
+            volts("cell_average_voltage", "Average cell voltage", 3),
+            volts("cell_delta_voltage", "Cell voltage delta", 3),
+        ]);
+    }
     for n in 1..=shape.cells {
         if let Some((key, name)) = cell_key(&CELL_VOLTAGE, n) {
             out.push(volts(key, name, 3));
@@ -268,8 +285,8 @@ pub fn fields(shape: &PackShape) -> Vec<FieldSpec> {
         state_class: Some("total_increasing"),
         ..sensor("uptime", "Uptime")
     }));
-    // Settings frame subset (Settings::state_map).
-    if jk02 {
+    // Settings frame subset (Settings::state_map), once one has come.
+    if shape.settings && jk02 {
         out.extend([
             diagnostic(FieldSpec {
                 state_class: None,
@@ -287,11 +304,13 @@ pub fn fields(shape: &PackShape) -> Vec<FieldSpec> {
             diagnostic(binary("discharging_enabled", "Discharging enabled", None)),
         ]);
     }
-    out.push(diagnostic(binary(
-        "balancer_enabled",
-        "Balancer enabled",
-        None,
-    )));
+    if shape.settings {
+        out.push(diagnostic(binary(
+            "balancer_enabled",
+            "Balancer enabled",
+            None,
+        )));
+    }
     // Assembler counters (AssemblerStats::to_map).
     for (key, name) in [
         ("frames_bad_checksum", "Frames with bad checksum"),
@@ -444,7 +463,7 @@ mod tests {
         for variant in Variant::ALL {
             for cells in [0u8, 1, 8, 16, 24] {
                 let info = pack(variant, cells);
-                let shape = PackShape::of(&info);
+                let shape = PackShape::of(&info).with_settings(true);
                 let fields = fields(&shape);
                 let keys: HashSet<&str> = fields.iter().map(|f| f.key).collect();
                 assert_eq!(keys.len(), fields.len(), "duplicate keys");
@@ -499,6 +518,7 @@ mod tests {
             variant: Variant::Jk02_32s,
             cells: 2,
             temperatures: TempSensor::ALL.to_vec(),
+            settings: true,
         });
         let get = |k: &str| *f.iter().find(|x| x.key == k).unwrap();
         assert_eq!(get("voltage").unit, Some("V"));

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::StreamDecoder;
-use super::assembler::Assembler;
+use super::assembler::{Assembler, AssemblerStats};
 use super::cell_info::CellInfo;
 use super::command::Request;
 use super::frame::Variant;
@@ -63,7 +63,35 @@ pub fn pack_fields(shape: &PackShape) -> Vec<FieldSpec> {
 /// What a pack's state looks like before it has spoken: a 32S pack without
 /// per-cell entities (they follow once the cell count is known).
 pub fn default_fields() -> Vec<FieldSpec> {
-    pack_fields(&PackShape::of(&CellInfo::new(Variant::Jk02_32s)))
+    pack_fields(&PackShape::of(&CellInfo::new(Variant::Jk02_32s)).with_settings(true))
+}
+
+/// The shape a pack's entities follow: its cell info, and whether the
+/// settings frame's keys are there.
+pub fn pack_shape(info: &CellInfo, settings: &Map<String, Value>) -> PackShape {
+    PackShape::of(info).with_settings(!settings.is_empty())
+}
+
+/// A pack's state object: the live cell info, the last settings frame, the
+/// frame counters of all its sessions and the energy counters. It holds
+/// every key that [`pack_fields`] advertises for [`pack_shape`] (a test
+/// checks it): a key Home Assistant's template cannot find is a warning in
+/// its log on every message, and an entity stuck at `unknown`.
+pub fn state_object(
+    info: &CellInfo,
+    settings: &Map<String, Value>,
+    frames: &AssemblerStats,
+    energy: &EnergyCounters,
+) -> Map<String, Value> {
+    let mut values = info.to_map();
+    values.extend(settings.clone());
+    values.extend(frames.to_map());
+    values.insert("energy_charged".into(), round3(energy.charged_kwh).into());
+    values.insert(
+        "energy_discharged".into(),
+        round3(energy.discharged_kwh).into(),
+    );
+    values
 }
 
 /// Starts the task for one pack.
@@ -90,6 +118,8 @@ struct Pack {
     shape: Option<PackShape>,
     identity_sent: bool,
     settings: Map<String, Value>,
+    /// Frame counters of the sessions that have ended.
+    frames_before: AssemblerStats,
     last_saved: Instant,
 }
 
@@ -113,8 +143,9 @@ impl Pack {
         }
     }
 
-    async fn publish(&mut self, info: &CellInfo) {
-        let shape = PackShape::of(info);
+    /// `frames`: the counters of the running session.
+    async fn publish(&mut self, info: &CellInfo, frames: AssemblerStats) {
+        let shape = pack_shape(info, &self.settings);
         if self.shape.as_ref() != Some(&shape) {
             self.send(DriverEvent::Fields {
                 device: self.id.clone(),
@@ -123,11 +154,8 @@ impl Pack {
             .await;
             self.shape = Some(shape);
         }
-        let mut values = info.to_map();
-        values.extend(self.settings.clone());
-        let c = self.energy.counters;
-        values.insert("energy_charged".into(), round3(c.charged_kwh).into());
-        values.insert("energy_discharged".into(), round3(c.discharged_kwh).into());
+        let frames = self.frames_before.plus(frames);
+        let values = state_object(info, &self.settings, &frames, &self.energy.counters);
         self.set_online(true).await;
         self.send(DriverEvent::Readings {
             device: self.id.clone(),
@@ -156,7 +184,7 @@ async fn run<C: PackConnector>(
     connector: Arc<C>,
     store: Store,
     events: mpsc::Sender<DriverEvent>,
-    mut commands: mpsc::Receiver<DeviceCommand>,
+    mut commands: crate::drivers::inbox::CommandInbox,
     shutdown: CancellationToken,
 ) {
     let counters = match store.load::<EnergyCounters>(&format!("bms-{}-energy", cfg.id)) {
@@ -176,6 +204,7 @@ async fn run<C: PackConnector>(
         shape: None,
         identity_sent: false,
         settings: Map::new(),
+        frames_before: AssemblerStats::default(),
         last_saved: Instant::now(),
     };
     let configured = Variant::from_config(cfg.variant);
@@ -234,7 +263,7 @@ async fn session<L: PackLink>(
     pack: &mut Pack,
     configured: Option<Variant>,
     cfg: &BmsConfig,
-    commands: &mut mpsc::Receiver<DeviceCommand>,
+    commands: &mut crate::drivers::inbox::CommandInbox,
     shutdown: &CancellationToken,
 ) -> (Ended, bool) {
     let mut assembler = Assembler::new();
@@ -318,7 +347,7 @@ async fn session<L: PackLink>(
             _ = tick.tick() => {
                 if fresh {
                     if let Some(info) = latest.clone() {
-                        pack.publish(&info).await;
+                        pack.publish(&info, assembler.stats()).await;
                     }
                     fresh = false;
                 }
@@ -336,5 +365,98 @@ async fn session<L: PackLink>(
         }
     };
     link.disconnect().await;
+    pack.frames_before = pack.frames_before.plus(assembler.stats());
     (ended, got_data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::drivers::jkbms::StreamDecoder;
+    use crate::drivers::jkbms::settings::Settings;
+    use crate::sim::jkbms::{SimPack, cell_frames, settings_frame};
+
+    /// The simulated pack's stream as the task decodes it.
+    fn sim_sample() -> (CellInfo, Map<String, Value>) {
+        let mut bytes = settings_frame().expect("settings frame");
+        for f in cell_frames(&SimPack::default(), 3, Duration::from_millis(500)) {
+            bytes.extend(f);
+        }
+        let mut assembler = Assembler::new();
+        let mut decoder = StreamDecoder::new(Some(Variant::Jk02_32s));
+        let mut frames = Vec::new();
+        assembler.feed(&bytes, |f| frames.push(f));
+        let (mut info, mut settings) = (None, Map::new());
+        for frame in frames {
+            match decoder.decode(&frame) {
+                Ok(Decoded::CellInfo(i)) => info = Some(i),
+                Ok(Decoded::Settings(s)) => settings = s.state_map(),
+                _ => {}
+            }
+        }
+        (info.expect("cell info decoded"), settings)
+    }
+
+    /// Home Assistant renders `value_json.<key>` for every advertised key
+    /// on every state message; a missing key is a template warning each
+    /// time (the frame counters were advertised and never published).
+    #[test]
+    fn every_advertised_key_is_in_the_published_state() {
+        let (info, settings) = sim_sample();
+        assert!(!settings.is_empty(), "the simulator sends settings");
+        for settings in [Map::new(), settings] {
+            let state = state_object(
+                &info,
+                &settings,
+                &AssemblerStats::default(),
+                &EnergyCounters::default(),
+            );
+            let shape = pack_shape(&info, &settings);
+            let missing: Vec<&str> = pack_fields(&shape)
+                .iter()
+                .map(|f| f.key)
+                .filter(|k| !state.contains_key(*k))
+                .collect();
+            assert!(
+                missing.is_empty(),
+                "advertised, not in the state (settings: {}): {missing:?}",
+                !settings.is_empty()
+            );
+        }
+    }
+
+    #[test]
+    fn settings_keys_are_advertised_only_once_a_settings_frame_came() {
+        let (info, settings) = sim_sample();
+        let keys = |s: &Map<String, Value>| -> Vec<&'static str> {
+            pack_fields(&pack_shape(&info, s))
+                .iter()
+                .map(|f| f.key)
+                .collect()
+        };
+        assert!(!keys(&Map::new()).contains(&"nominal_capacity"));
+        assert!(!keys(&Map::new()).contains(&"balancer_enabled"));
+        assert!(keys(&settings).contains(&"nominal_capacity"));
+        let jk04 = Settings::example(Variant::Jk04).state_map();
+        assert_eq!(
+            jk04.keys().collect::<Vec<_>>(),
+            ["balancer_enabled"],
+            "a JK04 settings frame has one published key"
+        );
+    }
+
+    #[test]
+    fn frame_counters_add_up_over_sessions() {
+        let a = AssemblerStats {
+            frames: 3,
+            bad_checksums: 1,
+            junk_bytes: 10,
+            ..AssemblerStats::default()
+        };
+        let total = a.plus(a);
+        assert_eq!(total.frames, 6);
+        let state = total.to_map();
+        assert_eq!(state["frames_bad_checksum"], 2);
+        assert_eq!(state["junk_bytes"], 20);
+    }
 }

@@ -405,6 +405,22 @@ fn check_cell_info(c: &mut Check, v: &Value, frame: &Frame) {
         });
         c.ok(!value.is_null(), key, || "null in state".into());
     }
+    // And the other way round: every key discovery advertises for this
+    // pack is in the state object the task publishes (Home Assistant logs a
+    // template warning for each one missing, on every message), with and
+    // without a settings frame.
+    for settings in [Map::new(), Settings::example(info.variant).state_map()] {
+        let state =
+            super::task::state_object(&info, &settings, &Default::default(), &Default::default());
+        for f in super::task::pack_fields(&super::task::pack_shape(&info, &settings)) {
+            c.ok(state.contains_key(f.key), f.key, || {
+                format!(
+                    "advertised but missing from the state object (settings: {})",
+                    !settings.is_empty()
+                )
+            });
+        }
+    }
     let per_cell = map
         .keys()
         .filter(|k| k.starts_with("cell_") && k.ends_with("_voltage") && k.len() == 15)
