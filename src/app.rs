@@ -62,7 +62,7 @@ pub fn bluez_packs() -> BmsSpawner {
     #[cfg(not(feature = "ble"))]
     {
         Box::new(|pack, _store, events, _shutdown| {
-            let (tx, _rx) = mpsc::channel(1);
+            let (tx, _rx) = crate::drivers::inbox::channel();
             let id = pack.id.clone();
             tokio::spawn(async move {
                 let _ = events
@@ -115,11 +115,12 @@ pub async fn run_with(
     let mut control_tick = tokio::time::interval(CONTROL_INTERVAL);
     control_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sessions_seen = 0;
-    loop {
+    let refused = loop {
         let gc_deadline = bridge.gc.as_ref().map(|g| g.deadline);
         let birth_deadline = bridge.ha_birth_at;
+        let claim_deadline = bridge.claim.as_ref().and_then(|c| c.deadline);
         tokio::select! {
-            _ = shutdown.cancelled() => break,
+            _ = shutdown.cancelled() => break None,
             changed = conn.status.changed() => {
                 if changed.is_err() {
                     anyhow::bail!("the MQTT connection task stopped");
@@ -127,16 +128,45 @@ pub async fn run_with(
                 let status = *conn.status.borrow_and_update();
                 if status.connected && status.sessions > sessions_seen {
                     sessions_seen = status.sessions;
-                    bridge.on_session(status.sessions).await;
+                    if bridge.claim.is_some() {
+                        bridge.start_claim(status.subacks).await;
+                    } else {
+                        bridge.on_session(status.sessions).await;
+                    }
+                }
+                if let Some(claim) = &mut bridge.claim {
+                    claim.on_status(status.subacks, Instant::now());
                 }
             }
-            Some(msg) = conn.incoming.recv() => bridge.on_incoming(msg),
+            _ = sleep_until(claim_deadline), if claim_deadline.is_some() => {
+                if let Err(refusal) = bridge.settle_claim(sessions_seen).await {
+                    break Some(refusal);
+                }
+            }
+            Some(msg) = conn.incoming.recv() => {
+                if let Some(claim) = &mut bridge.claim {
+                    if claim.on_incoming(&bridge.topics, &msg)
+                        && let Err(refusal) = bridge.settle_claim(sessions_seen).await
+                    {
+                        break Some(refusal);
+                    }
+                    continue;
+                }
+                bridge.on_incoming(msg)
+            }
             Some(ev) = driver_rx.recv() => bridge.on_driver_event(ev),
             _ = sleep_until(gc_deadline), if gc_deadline.is_some() => bridge.finish_cleanup().await,
             _ = sleep_until(birth_deadline), if birth_deadline.is_some() => bridge.on_ha_birth(),
             _ = stats_tick.tick() => bridge.publish_bridge_state(),
             _ = control_tick.tick() => bridge.control_step(),
         }
+    };
+    if let Some(refusal) = refused {
+        // Leave without a trace on the other instance's topics: no offline
+        // state (the clean DISCONNECT also keeps our Last Will unsent).
+        bridge.outbox.with(|q| q.set_held(true));
+        conn.shutdown(None, Duration::from_secs(2)).await;
+        return Err(anyhow::Error::new(refusal));
     }
     tracing::info!("shutting down");
     // The drivers' tokens are children of `shutdown`: give them a moment to
@@ -201,6 +231,125 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
+/// How long after the broker acknowledged the subscription to
+/// `bridge/state` and `bridge/info` their retained messages may still
+/// arrive (brokers send them right behind the SUBACK).
+const CLAIM_GRACE: Duration = Duration::from_millis(150);
+/// The claim is settled after this even if the broker never acknowledged.
+const CLAIM_MAX: Duration = Duration::from_secs(3);
+
+/// Another instance is online on our base topic: starting would clean up
+/// its discovery configs and overwrite its states.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "another energy2mqtt is online on base topic '{base}' ({other}); stop it, or give this \
+     bridge its own mqtt.base_topic"
+)]
+pub struct BaseTopicTaken {
+    pub base: String,
+    /// The other instance as its `bridge/info` describes it.
+    pub other: String,
+}
+
+/// The start-up check that no other instance holds our base topic: before
+/// anything is published or cleaned up, the retained `bridge/state` and
+/// `bridge/info` are read.
+#[derive(Debug)]
+pub struct Claim {
+    /// SUBACKs counted when we subscribed; the next one is ours.
+    subacks_before: u64,
+    deadline: Option<Instant>,
+    state: Option<Value>,
+    info: Option<Value>,
+    /// What else arrived meanwhile.
+    held: Vec<Incoming>,
+}
+
+/// Messages kept while the claim is settled (commands queued for our
+/// persistent session).
+const HELD_MAX: usize = 1024;
+
+impl Claim {
+    fn on_status(&mut self, subacks: u64, now: Instant) {
+        if subacks > self.subacks_before {
+            let grace = now + CLAIM_GRACE;
+            if self.deadline.is_none_or(|d| grace < d) {
+                self.deadline = Some(grace);
+            }
+        }
+    }
+
+    /// Records a retained `bridge/state` or `bridge/info`; true once both
+    /// are in (no need to wait longer).
+    fn on_incoming(&mut self, topics: &Topics, msg: &Incoming) -> bool {
+        let own = msg.topic == topics.bridge_state() || msg.topic == topics.bridge_info();
+        if !own {
+            // Commands the broker kept for our session while we were away:
+            // carried out once the claim is settled.
+            if self.held.len() < HELD_MAX {
+                self.held.push(msg.clone());
+            }
+            return false;
+        }
+        if !msg.retain {
+            return false;
+        }
+        let value = serde_json::from_slice::<Value>(&msg.payload).ok();
+        if msg.topic == topics.bridge_state() {
+            self.state = value.or(Some(Value::Null));
+        } else if msg.topic == topics.bridge_info() {
+            self.info = value.or(Some(Value::Null));
+        }
+        self.state.is_some() && self.info.is_some()
+    }
+
+    /// The other instance, if one is online under another client id. The
+    /// same client id is this bridge's own earlier run (whose Last Will the
+    /// broker has not sent yet) or a twin the connection task reports.
+    pub fn other_instance(&self, own_client_id: &str) -> Option<String> {
+        let online = self
+            .state
+            .as_ref()
+            .and_then(|s| s.get("state"))
+            .and_then(Value::as_str)
+            == Some("online");
+        if !online {
+            return None;
+        }
+        let info = self.info.as_ref();
+        let client_id = info
+            .and_then(|i| {
+                i.get("client_id")
+                    .or_else(|| i.pointer("/config/mqtt/client_id"))
+            })
+            .and_then(Value::as_str);
+        if client_id == Some(own_client_id) {
+            return None;
+        }
+        let field = |k: &str| info.and_then(|i| i.get(k)).and_then(Value::as_str);
+        let mut who = match client_id {
+            Some(id) => format!("client_id {id}"),
+            None => "client_id unknown".to_owned(),
+        };
+        if let Some(host) = field("host") {
+            who.push_str(&format!(", host {host}"));
+        }
+        if let Some(at) = field("started_at") {
+            who.push_str(&format!(", started {at}"));
+        }
+        Some(who)
+    }
+}
+
+/// This machine's name, for `bridge/info` (so that a second instance can
+/// say where the first one runs).
+fn hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+}
+
 /// Our retained discovery configs seen since start-up, collected for a
 /// short window so that those the configuration dropped can be cleared.
 #[derive(Debug)]
@@ -225,6 +374,9 @@ pub struct Bridge {
     /// Shared with the connection's poll task, which does the counting.
     pub incoming_dropped: Arc<std::sync::atomic::AtomicU64>,
     gc: Option<Cleanup>,
+    cleanup_done: bool,
+    /// Until settled: whether another instance holds the base topic.
+    claim: Option<Claim>,
     ha_birth_at: Option<Instant>,
     /// What devices said about themselves, for their discovery configs.
     known: Known,
@@ -260,6 +412,14 @@ impl Bridge {
             commands_rejected: 0,
             incoming_dropped: Arc::default(),
             gc: None,
+            cleanup_done: false,
+            claim: Some(Claim {
+                subacks_before: 0,
+                deadline: None,
+                state: None,
+                info: None,
+                held: Vec::new(),
+            }),
             ha_birth_at: None,
             known: Known::default(),
             deferred_stale: Vec::new(),
@@ -301,11 +461,14 @@ impl Bridge {
                     } else {
                         SwitchState::Off
                     });
-                    // A full channel is not an error here: the executor
-                    // resends until the plug confirms.
+                    // A task that has ended is not an error here: the
+                    // executor resends until the plug confirms.
                     if let Some(d) = self.drivers.get(&plug) {
-                        if d.commands.try_send(command).is_err() {
-                            tracing::debug!(plug, "plug busy; the switch command will be resent");
+                        if d.commands.send(command).is_err() {
+                            tracing::debug!(
+                                plug,
+                                "plug task not running; the switch command will be resent"
+                            );
                         }
                     }
                 }
@@ -348,6 +511,54 @@ impl Bridge {
         }
     }
 
+    /// First contact with the broker: read who holds the base topic
+    /// before publishing anything (the outbox is held meanwhile).
+    async fn start_claim(&mut self, subacks: u64) {
+        self.outbox.hold();
+        let claim = Claim {
+            subacks_before: subacks,
+            deadline: Some(Instant::now() + CLAIM_MAX),
+            state: None,
+            info: None,
+            held: self.claim.take().map(|c| c.held).unwrap_or_default(),
+        };
+        self.claim = Some(claim);
+        let filters = vec![
+            SubscribeFilter::new(self.topics.bridge_state(), QoS::AtLeastOnce),
+            SubscribeFilter::new(self.topics.bridge_info(), QoS::AtLeastOnce),
+        ];
+        if let Err(e) = self.client.subscribe_many(filters).await {
+            tracing::error!(error = %e, "subscribing to the bridge's own topics failed");
+        }
+    }
+
+    /// Decides the claim: refuse to start, or take the base topic and set
+    /// up the session.
+    async fn settle_claim(&mut self, session: u64) -> Result<(), BaseTopicTaken> {
+        let Some(claim) = self.claim.take() else {
+            return Ok(());
+        };
+        for topic in [self.topics.bridge_state(), self.topics.bridge_info()] {
+            if let Err(e) = self.client.unsubscribe(topic).await {
+                tracing::debug!(error = %e, "unsubscribe from the bridge's own topics failed");
+            }
+        }
+        if let Some(other) = claim.other_instance(&self.config.mqtt.client_id) {
+            return Err(BaseTopicTaken {
+                base: self.topics.base().to_owned(),
+                other,
+            });
+        }
+        // `bridge/state` online is queued before anything is let out, so it
+        // is the first message of this bridge (discovery follows).
+        self.on_session(session).await;
+        self.outbox.release();
+        for msg in claim.held {
+            self.on_incoming(msg);
+        }
+        Ok(())
+    }
+
     async fn on_session(&mut self, session: u64) {
         if session > 1 {
             self.reconnects += 1;
@@ -358,7 +569,7 @@ impl Bridge {
             .into_iter()
             .map(|f| SubscribeFilter::new(f, QoS::AtLeastOnce))
             .collect();
-        if session == 1 {
+        if self.gc.is_none() && !self.cleanup_done {
             // Retained configs arrive right after the subscription; the
             // window only bounds how long we wait for a slow broker.
             filters.push(SubscribeFilter::new(
@@ -393,6 +604,7 @@ impl Bridge {
 
     async fn finish_cleanup(&mut self) {
         let Some(gc) = self.gc.take() else { return };
+        self.cleanup_done = true;
         if let Err(e) = self
             .client
             .unsubscribe(self.topics.discovery_filter())
@@ -442,14 +654,22 @@ impl Bridge {
                 }
             }
             k if k.is_command() => {
+                if let Some(size) = msg.oversized {
+                    return self.on_oversized_command(&kind, &msg, size);
+                }
                 // An empty payload is how a retained command is cleared (by
-                // us or by the user); it must never switch anything. Reads
-                // and requests may be empty (`mosquitto_pub -n`).
+                // us or by the user); it must never switch anything and is
+                // no error. Reads and requests may be empty
+                // (`mosquitto_pub -n`).
                 let is_set = matches!(
                     kind,
-                    IncomingTopic::Set(_) | IncomingTopic::SetAttribute(..)
+                    IncomingTopic::Set(_)
+                        | IncomingTopic::SetAttribute(..)
+                        | IncomingTopic::AlertsSet
+                        | IncomingTopic::BalancerSet(_)
                 );
                 if msg.payload.is_empty() && (is_set || msg.retain) {
+                    tracing::debug!(topic = %msg.topic, "empty command payload (a cleared retained command) ignored");
                     return;
                 }
                 if msg.retain {
@@ -465,6 +685,37 @@ impl Bridge {
             }
             _ => {}
         }
+    }
+
+    /// A command too large to keep: answered like any bad command, and a
+    /// retained one is cleared so that it is not delivered again at every
+    /// connect.
+    fn on_oversized_command(&mut self, kind: &IncomingTopic<'_>, msg: &Incoming, size: usize) {
+        if msg.retain {
+            self.outbox.push(Message::retained(
+                Class::Info,
+                msg.topic.clone(),
+                Vec::<u8>::new(),
+            ));
+        }
+        let error = commands::CommandError::TooLarge(size).to_string();
+        let device = match *kind {
+            IncomingTopic::Set(d) | IncomingTopic::SetAttribute(d, _) | IncomingTopic::Get(d) => d,
+            IncomingTopic::BalancerSet(d) => d,
+            IncomingTopic::AlertsSet => "alerts",
+            _ => "bridge",
+        };
+        if let IncomingTopic::Request(cmd) = *kind {
+            self.commands_rejected += 1;
+            tracing::warn!(request = cmd, %error, "bridge request failed");
+            self.outbox.push(Message::transient(
+                self.topics.bridge_response(cmd),
+                payloads::response(Err(error), None),
+            ));
+            return;
+        }
+        let device = device.to_owned();
+        self.command_error(&device, &msg.topic, error);
     }
 
     fn on_command(&mut self, kind: &IncomingTopic<'_>, msg: &Incoming) {
@@ -658,8 +909,14 @@ impl Bridge {
         };
         match self.drivers.get(device) {
             Some(driver) => {
-                if driver.commands.try_send(command).is_err() {
-                    self.command_error(device, topic, format!("'{device}' is busy; try again"));
+                if driver.commands.send(command).is_err() {
+                    self.command_error(
+                        device,
+                        topic,
+                        format!(
+                            "the driver of '{device}' has stopped; the command was not carried out"
+                        ),
+                    );
                 }
             }
             None if command == DeviceCommand::Refresh => {}
@@ -725,7 +982,7 @@ impl Bridge {
                     if self.registry.get(&device).map(|d| d.kind) == Some(DeviceKind::Inverter) {
                         self.publish_site(OffsetDateTime::now_utc());
                     }
-                    self.outbox.push(Message::retained(
+                    self.outbox.push_if_changed(Message::retained(
                         Class::Availability,
                         self.topics.availability(&device),
                         payloads::availability(online),
@@ -805,7 +1062,7 @@ impl Bridge {
             self.topics.device_state(SITE_ID),
             payloads::device_state(&totals, now),
         ));
-        self.outbox.push(Message::retained(
+        self.outbox.push_if_changed(Message::retained(
             Class::Availability,
             self.topics.availability(SITE_ID),
             payloads::availability(any_online),
@@ -824,7 +1081,7 @@ impl Bridge {
             ));
         }
         if let Some(online) = entry.online {
-            self.outbox.push(Message::retained(
+            self.outbox.push_if_changed(Message::retained(
                 Class::Availability,
                 self.topics.availability(device),
                 payloads::availability(online),
@@ -841,6 +1098,8 @@ impl Bridge {
         json!({
             "version": env!("CARGO_PKG_VERSION"),
             "base_topic": self.topics.base(),
+            "client_id": self.config.mqtt.client_id,
+            "host": hostname(),
             "started_at": payloads::timestamp(self.started_at),
             "devices": devices,
             "config": self.config.redacted_json(),
@@ -863,6 +1122,11 @@ impl Bridge {
             "devices_online": self.registry.online_count(),
             "mqtt_reconnects": self.reconnects,
             "commands_rejected": self.commands_rejected,
+            "commands_superseded": self
+                .drivers
+                .values()
+                .map(|d| d.commands.superseded())
+                .sum::<u64>(),
             "outbox_dropped": self.outbox.with(|q| q.dropped()),
             "incoming_dropped": self
                 .incoming_dropped

@@ -8,7 +8,6 @@ use std::time::Duration;
 use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
 
 use crate::config::BrokerConfig;
-use crate::mqtt::settings::MAX_INCOMING_PACKET;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
@@ -23,11 +22,16 @@ pub enum BrokerError {
     NotListening { addr: SocketAddr, reason: String },
 }
 
+/// The largest payload the embedded broker takes from anyone.
+pub const MAX_PAYLOAD: usize = 4 * 1024 * 1024;
+
 /// The rumqttd configuration for our small `[broker]` table.
 pub fn rumqttd_config(cfg: &BrokerConfig) -> Result<Config, BrokerError> {
     let auth = match (&cfg.username, &cfg.password) {
         (Some(u), Some(p)) => Some(HashMap::from([(u.clone(), p.expose().to_owned())])),
-        _ if !cfg.listen.ip().is_loopback() => return Err(BrokerError::Unprotected(cfg.listen)),
+        _ if !crate::config::is_loopback(cfg.listen.ip()) => {
+            return Err(BrokerError::Unprotected(cfg.listen));
+        }
         _ => None,
     };
     let listener = ServerSettings {
@@ -37,9 +41,10 @@ pub fn rumqttd_config(cfg: &BrokerConfig) -> Result<Config, BrokerError> {
         next_connection_delay_ms: 1,
         connections: ConnectionSettings {
             connection_timeout_ms: 5_000,
-            // Above the bridge's own incoming limit, so an oversized command
-            // reaches the bridge and gets an error response.
-            max_payload_size: MAX_INCOMING_PACKET,
+            // A publisher of anything bigger is disconnected by the broker
+            // itself; up to this, an oversized command reaches the bridge
+            // and gets an error response.
+            max_payload_size: MAX_PAYLOAD,
             max_inflight_count: 100,
             auth,
             external_auth: None,

@@ -19,7 +19,7 @@ const DEMO_TOML: &str = include_str!("../config/demo.toml");
 )]
 struct Cli {
     /// Configuration file (default: config/energy2mqtt.toml when it exists).
-    #[arg(long, short, global = true, value_name = "PATH")]
+    #[arg(long, short, global = true, value_name = "PATH", env = "E2M_CONFIG")]
     config: Option<PathBuf>,
     /// Log filter, e.g. `info`, `debug`, `energy2mqtt=debug` (overrides log.level).
     #[arg(long, global = true, value_name = "FILTER")]
@@ -101,6 +101,12 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => return config_failure(&e),
     };
+    if matches!(command, Command::Run) && cli.config.is_none() {
+        if let Some(e) = nothing_to_run(&config) {
+            eprintln!("energy2mqtt: {e}");
+            return ExitCode::from(2);
+        }
+    }
     match command {
         Command::CheckConfig => check_config(&config),
         Command::Discovery => print_discovery(&config),
@@ -248,6 +254,29 @@ fn parse_hex(raw: &[u8]) -> Option<Vec<u8>> {
         .collect()
 }
 
+/// `run` without a configuration file and without any device from the
+/// environment would start an empty bridge whose start-up clean-up removes
+/// the discovery configs of a bridge that does have devices (a systemd
+/// unit without `WorkingDirectory` does exactly this): refuse, and say
+/// where the file was looked for.
+fn nothing_to_run(config: &Config) -> Option<String> {
+    let default = std::path::Path::new(config::DEFAULT_PATH);
+    if default.is_file()
+        || !config.bms.is_empty()
+        || !config.inverter.is_empty()
+        || !config.plug.is_empty()
+    {
+        return None;
+    }
+    let looked = std::env::current_dir()
+        .map(|d| d.join(default).display().to_string())
+        .unwrap_or_else(|_| config::DEFAULT_PATH.to_owned());
+    Some(format!(
+        "no configuration file: {looked} does not exist, and no device is configured in the \
+         environment; give the file with --config PATH (or E2M_CONFIG=PATH)"
+    ))
+}
+
 fn config_failure(e: &ConfigErrors) -> ExitCode {
     eprintln!("energy2mqtt: {e}");
     ExitCode::from(2)
@@ -358,6 +387,10 @@ fn serve(cli: &Cli, mut config: Config, mode: Mode) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
+            if let Some(refusal) = e.downcast_ref::<energy2mqtt::app::BaseTopicTaken>() {
+                eprintln!("energy2mqtt: {refusal}");
+                return ExitCode::from(2);
+            }
             ExitCode::FAILURE
         }
     }

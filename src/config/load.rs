@@ -112,6 +112,7 @@ pub fn load_from(sources: &Sources) -> Result<Config, ConfigErrors> {
     }
     if let Some(path) = &sources.file {
         if path.is_file() {
+            check_toml_syntax(path)?;
             figment = figment.merge(Toml::file_exact(path));
         } else if sources.file_required {
             return Err(ConfigErrors::one(
@@ -130,6 +131,82 @@ pub fn load_from(sources: &Sources) -> Result<Config, ConfigErrors> {
     apply_legacy(&mut config, &sources.env)?;
     super::validate::validate(&config)?;
     Ok(config)
+}
+
+/// Reports a TOML syntax error by line and column only. The parser's own
+/// message quotes the offending line, and that line may hold a password
+/// (a backslash in it is enough to make it invalid TOML).
+fn check_toml_syntax(path: &Path) -> Result<(), ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors::one("--config", format!("cannot read {}: {e}", path.display()))
+    })?;
+    let Err(e) = toml::from_str::<toml::Table>(&text) else {
+        return Ok(());
+    };
+    let at = match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            format!("line {line}, column {column}: ")
+        }
+        None => String::new(),
+    };
+    // The key being written, when the line starts with one: the message
+    // then names it without showing what follows the `=`.
+    let key = e
+        .span()
+        .and_then(|span| text[..span.start.min(text.len())].rsplit('\n').next())
+        .and_then(|line| line.split_once('='))
+        .map(|(k, _)| k.trim().trim_matches('"').to_owned())
+        .filter(|k| {
+            !k.is_empty()
+                && k.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+        });
+    let mut error = ConfigError::new(
+        key.unwrap_or_else(|| "(syntax)".into()),
+        format!("{at}invalid TOML: {}", first_line(e.message())),
+    );
+    error.origin = Some(format!("TOML file {}", path.display()));
+    Err(ConfigErrors(vec![error]))
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or(s).trim()
+}
+
+/// Whether `key` (a dotted path) holds a secret: its value must not appear
+/// in any message about it.
+fn is_secret_key(key: &str) -> bool {
+    let last = key.rsplit('.').next().unwrap_or(key);
+    let last = last.split('[').next().unwrap_or(last);
+    matches!(last, "password" | "token" | "email") || last.ends_with("_key")
+}
+
+/// Removes quoted values from a message about a secret key.
+fn redact_quoted(reason: &str) -> String {
+    let mut out = String::with_capacity(reason.len());
+    let mut quote: Option<char> = None;
+    for c in reason.chars() {
+        match quote {
+            Some(q) if c == q => {
+                out.push_str(super::secret::REDACTED);
+                out.push(c);
+                quote = None;
+            }
+            Some(_) => {}
+            None if c == '`' || c == '"' => {
+                out.push(c);
+                quote = Some(c);
+            }
+            None => out.push(c),
+        }
+    }
+    if quote.is_some() {
+        out.push_str(super::secret::REDACTED);
+    }
+    out
 }
 
 /// One environment variable as a figment provider, so that an error names it.
@@ -330,8 +407,14 @@ fn from_figment(err: figment::Error) -> ConfigErrors {
                 Some(src) => format!("{} {src}", m.name),
                 None => m.name.to_string(),
             });
+            let key = key_path(&path);
+            let reason = if is_secret_key(&key) {
+                redact_quoted(&reason)
+            } else {
+                reason
+            };
             ConfigError {
-                key: key_path(&path),
+                key,
                 reason,
                 origin,
             }

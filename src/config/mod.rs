@@ -8,6 +8,7 @@ mod load;
 pub mod schedule;
 pub mod secret;
 mod validate;
+pub use validate::is_loopback;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -18,7 +19,7 @@ use serde::{Deserialize, Serialize};
 pub use crate::model::DeviceKind;
 
 pub use alerts::{AlertsConfig, BatteryChemistry, RuleOverride};
-pub use load::{ConfigError, ConfigErrors, Sources, load, load_from};
+pub use load::{ConfigError, ConfigErrors, DEFAULT_PATH, Sources, load, load_from};
 pub use secret::Secret;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]

@@ -10,6 +10,11 @@ use super::{Config, InverterTransport};
 /// Device ids that would collide with the bridge's own topics.
 pub const RESERVED_IDS: &[&str] = &["bridge", "balancer", "alerts", "homeassistant", "site"];
 
+/// Loopback, also written as an IPv4-mapped IPv6 address (`::ffff:127.0.0.1`).
+pub fn is_loopback(ip: std::net::IpAddr) -> bool {
+    ip.to_canonical().is_loopback()
+}
+
 pub fn validate(config: &Config) -> Result<(), ConfigErrors> {
     let mut errors = Vec::new();
     let mut err = |key: String, reason: String| errors.push(ConfigError::new(key, reason));
@@ -79,7 +84,23 @@ pub fn validate(config: &Config) -> Result<(), ConfigErrors> {
             "broker.username and broker.password must be set together".into(),
         );
     }
-    if broker.enabled && !broker.listen.ip().is_loopback() && broker.username.is_none() {
+    // An empty password would let anyone in as that user; an empty user
+    // makes rumqttd fail only once it starts.
+    if broker
+        .username
+        .as_deref()
+        .is_some_and(|u| u.trim().is_empty())
+    {
+        err("broker.username".into(), "must not be empty".into());
+    }
+    if broker.password.as_ref().is_some_and(|p| p.is_empty()) {
+        err(
+            "broker.password".into(),
+            "must not be empty: the embedded broker would accept the user without a password"
+                .into(),
+        );
+    }
+    if broker.enabled && !is_loopback(broker.listen.ip()) && broker.username.is_none() {
         err(
             "broker.username".into(),
             format!(

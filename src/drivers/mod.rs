@@ -1,7 +1,8 @@
 //! The driver contract. Each driver speaks one protocol, knows nothing of
-//! MQTT, sends [`DriverEvent`]s and takes [`DeviceCommand`]s.
+//! MQTT, sends [`DriverEvent`]s and takes [`DeviceCommand`](crate::model::DeviceCommand)s.
 
 pub mod deye;
+pub mod inbox;
 pub mod jkbms;
 pub mod tapo;
 
@@ -10,8 +11,6 @@ use std::future::Future;
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 use tracing::Instrument;
-
-use crate::model::DeviceCommand;
 
 /// What a driver reports about one device.
 #[derive(Debug, Clone, PartialEq)]
@@ -53,7 +52,7 @@ pub struct DeviceInfo {
 /// How the bridge reaches the task that owns a device.
 #[derive(Debug)]
 pub struct DriverHandle {
-    pub commands: mpsc::Sender<DeviceCommand>,
+    pub commands: inbox::CommandSender,
     /// The task itself: at shutdown the bridge waits a moment for it to
     /// release its device (close a TCP connection, disconnect a pack).
     pub task: Option<tokio::task::JoinHandle<()>>,
@@ -62,12 +61,12 @@ pub struct DriverHandle {
 /// Spawns a driver's task in its tracing span, with its command channel.
 pub fn spawn_task<F>(
     span: tracing::Span,
-    run: impl FnOnce(mpsc::Receiver<DeviceCommand>) -> F,
+    run: impl FnOnce(inbox::CommandInbox) -> F,
 ) -> DriverHandle
 where
     F: Future<Output = ()> + Send + 'static,
 {
-    let (tx, rx) = mpsc::channel(8);
+    let (tx, rx) = inbox::channel();
     let task = tokio::spawn(run(rx).instrument(span));
     DriverHandle {
         commands: tx,

@@ -27,14 +27,109 @@ pub struct Status {
     pub connected: bool,
     /// Counts ConnAcks: each new value is a new session to set up.
     pub sessions: u64,
+    /// Counts SUBACKs: retained messages of a subscription follow its SUBACK.
+    pub subacks: u64,
 }
+
+/// Payloads above this are not kept: nothing the bridge subscribes to is
+/// legitimately bigger (commands are capped lower still, discovery configs
+/// are a few KiB), and a hostile one must not sit in the queue.
+pub const MAX_KEPT_PAYLOAD: usize = 256 * 1024;
 
 /// A received publish, reduced to what the bridge uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Incoming {
     pub topic: String,
+    /// Empty when the payload was too large to keep (`oversized`).
     pub payload: bytes::Bytes,
     pub retain: bool,
+    /// The size of a payload that was dropped for being over
+    /// [`MAX_KEPT_PAYLOAD`].
+    pub oversized: Option<usize>,
+}
+
+impl Incoming {
+    pub fn new(topic: impl Into<String>, payload: impl Into<bytes::Bytes>, retain: bool) -> Self {
+        let payload = payload.into();
+        if payload.len() > MAX_KEPT_PAYLOAD {
+            Self {
+                topic: topic.into(),
+                oversized: Some(payload.len()),
+                payload: bytes::Bytes::new(),
+                retain,
+            }
+        } else {
+            Self {
+                topic: topic.into(),
+                payload,
+                retain,
+                oversized: None,
+            }
+        }
+    }
+}
+
+/// A connection that ends this soon after its ConnAck counts as short.
+const SHORT_SESSION: Duration = Duration::from_secs(5);
+/// Short sessions in a row before we say why.
+const SHORT_SESSIONS_TO_WARN: u32 = 3;
+/// The backoff starts over only after a connection held this long, so a
+/// broker that drops us right after connecting is not hammered 4 times a
+/// second.
+const STABLE_SESSION: Duration = Duration::from_secs(10);
+
+/// Watches how long sessions last: two clients with one client id kick
+/// each other off right after every connect, and the only sign is the
+/// broker closing the connection. Pure; the times are passed in.
+#[derive(Debug, Default)]
+pub struct SessionWatch {
+    connected_at: Option<tokio::time::Instant>,
+    short_in_a_row: u32,
+    warned: bool,
+}
+
+/// What the end of a session means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionEnd {
+    /// The session held long enough to start the backoff over.
+    pub was_stable: bool,
+    /// Say once, in words, that another client probably uses our id.
+    pub warn_duplicate_client_id: bool,
+}
+
+impl SessionWatch {
+    pub fn connected(&mut self, now: tokio::time::Instant) {
+        self.connected_at = Some(now);
+    }
+
+    /// A connection attempt or session ended with an error.
+    pub fn ended(&mut self, now: tokio::time::Instant) -> SessionEnd {
+        let Some(at) = self.connected_at.take() else {
+            // A failed connect is not a session.
+            return SessionEnd {
+                was_stable: false,
+                warn_duplicate_client_id: false,
+            };
+        };
+        let held = now.saturating_duration_since(at);
+        if held < SHORT_SESSION {
+            self.short_in_a_row += 1;
+        } else {
+            self.short_in_a_row = 0;
+        }
+        let warn = self.short_in_a_row >= SHORT_SESSIONS_TO_WARN && !self.warned;
+        if warn {
+            self.warned = true;
+        }
+        if held >= STABLE_SESSION {
+            // A later episode deserves its own warning.
+            self.warned = false;
+        }
+        SessionEnd {
+            was_stable: held >= STABLE_SESSION,
+            warn_duplicate_client_id: warn,
+        }
+    }
 }
 
 pub struct Connection {
@@ -84,7 +179,12 @@ impl Backoff {
 
 impl Connection {
     pub fn start(options: MqttOptions, reconnect_max: Duration) -> Self {
-        let (client, eventloop) = AsyncClient::new(options, CLIENT_CAPACITY);
+        let (client, mut eventloop) = AsyncClient::new(options, CLIENT_CAPACITY);
+        // Small packets, latency matters (a switch command, a state after
+        // it): without this, Nagle holds the second of two writes ~40 ms.
+        let mut net = rumqttc::NetworkOptions::new();
+        net.set_tcp_nodelay(true);
+        eventloop.set_network_options(net);
         let outbox = Arc::new(Outbox::default());
         let (status_tx, status) = watch::channel(Status::default());
         let (incoming_tx, incoming) = mpsc::channel(INCOMING_CAPACITY);
@@ -158,6 +258,8 @@ async fn poll_loop(
     let mut dropped: u64 = 0;
     let mut was_connected = false;
     let mut last_error = String::new();
+    let mut sessions = SessionWatch::default();
+    let client_id = eventloop.mqtt_options.client_id();
     loop {
         let event = tokio::select! {
             _ = stop.cancelled() => return,
@@ -165,7 +267,7 @@ async fn poll_loop(
         };
         match event {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                backoff.reset();
+                sessions.connected(tokio::time::Instant::now());
                 was_connected = true;
                 last_error.clear();
                 tracing::info!(broker = %target, "MQTT connected");
@@ -175,11 +277,7 @@ async fn poll_loop(
                 });
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
-                let msg = Incoming {
-                    topic: p.topic,
-                    payload: p.payload,
-                    retain: p.retain,
-                };
+                let msg = Incoming::new(p.topic, p.payload, p.retain);
                 if incoming.try_send(msg).is_err() {
                     dropped += 1;
                     dropped_total.fetch_add(1, Ordering::Relaxed);
@@ -191,6 +289,9 @@ async fn poll_loop(
                     }
                 }
             }
+            Ok(Event::Incoming(Packet::SubAck(_))) => {
+                status.send_modify(|s| s.subacks += 1);
+            }
             Ok(Event::Outgoing(Outgoing::Disconnect)) => {
                 status.send_modify(|s| s.connected = false);
                 return;
@@ -199,6 +300,18 @@ async fn poll_loop(
             Err(e) => {
                 status.send_modify(|s| s.connected = false);
                 let text = e.to_string();
+                let end = sessions.ended(tokio::time::Instant::now());
+                if end.was_stable {
+                    backoff.reset();
+                }
+                if end.warn_duplicate_client_id {
+                    tracing::error!(
+                        broker = %target,
+                        client_id = %client_id,
+                        "the broker closed the connection right after connecting {SHORT_SESSIONS_TO_WARN} times in a row: \
+                         another client uses client_id {client_id}; give each bridge its own mqtt.client_id"
+                    );
+                }
                 if was_connected {
                     tracing::warn!(broker = %target, error = %text, "MQTT connection lost; reconnecting");
                 } else if text != last_error {
@@ -262,6 +375,46 @@ async fn write_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sessions_dropped_right_after_connect_are_reported_once() {
+        let t0 = tokio::time::Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut w = SessionWatch::default();
+        // Failed connects are not sessions.
+        assert!(!w.ended(at(0)).warn_duplicate_client_id);
+        let mut warnings = Vec::new();
+        for i in 0..6u64 {
+            w.connected(at(i * 1000));
+            let end = w.ended(at(i * 1000 + 200));
+            assert!(!end.was_stable);
+            warnings.push(end.warn_duplicate_client_id);
+        }
+        assert_eq!(warnings, [false, false, true, false, false, false]);
+        // A session that held resets the count, and a later episode is
+        // reported again.
+        w.connected(at(10_000));
+        assert!(w.ended(at(30_000)).was_stable);
+        let mut again = Vec::new();
+        for i in 0..3u64 {
+            w.connected(at(40_000 + i * 1000));
+            again.push(w.ended(at(40_100 + i * 1000)).warn_duplicate_client_id);
+        }
+        assert_eq!(again, [false, false, true]);
+        // Five seconds or more is not short, but not yet stable either.
+        w.connected(at(60_000));
+        let end = w.ended(at(66_000));
+        assert!(!end.was_stable && !end.warn_duplicate_client_id);
+    }
+
+    #[test]
+    fn oversized_payloads_are_not_kept() {
+        let m = Incoming::new("e/boiler/set", vec![b'x'; MAX_KEPT_PAYLOAD + 1], true);
+        assert_eq!(m.oversized, Some(MAX_KEPT_PAYLOAD + 1));
+        assert!(m.payload.is_empty());
+        let m = Incoming::new("e/boiler/set", &b"ON"[..], false);
+        assert_eq!((m.oversized, &m.payload[..]), (None, &b"ON"[..]));
+    }
 
     #[test]
     fn backoff_doubles_to_the_cap_and_resets() {

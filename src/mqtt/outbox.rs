@@ -69,6 +69,9 @@ pub struct Queue {
     pending: HashMap<String, Message>,
     transient: VecDeque<Message>,
     dropped: u64,
+    /// Nothing is handed out while held (the bridge has not yet made sure
+    /// that no other instance holds its base topic).
+    held: bool,
 }
 
 impl Queue {
@@ -94,16 +97,41 @@ impl Queue {
         self.pending.insert(msg.topic.clone(), msg);
     }
 
-    /// Everything that waits, retained first in queue order, then transients.
+    /// Like [`push`](Self::push), but a retained message equal to what was
+    /// last published on its topic is not sent again (availability after
+    /// every poll would be write churn on the broker's SD card; the
+    /// reconnect and Home Assistant's birth republish it anyway).
+    pub fn push_if_changed(&mut self, msg: Message) {
+        let same = msg.retain
+            && self
+                .remembered
+                .get(&msg.topic)
+                .is_some_and(|m| m.payload == msg.payload && m.class == msg.class);
+        if !same {
+            self.push(msg);
+        }
+    }
+
+    /// Everything that waits: retained first, in class order (`bridge/state`
+    /// before discovery, discovery before states) and queue order within a
+    /// class, then transients. Nothing while held.
     pub fn take(&mut self) -> Vec<Message> {
+        if self.held {
+            return Vec::new();
+        }
         let mut out = Vec::with_capacity(self.pending.len() + self.transient.len());
         while let Some(topic) = self.pending_order.pop_front() {
             if let Some(m) = self.pending.remove(&topic) {
                 out.push(m);
             }
         }
+        out.sort_by_key(|m| m.class);
         out.extend(self.transient.drain(..));
         out
+    }
+
+    pub fn set_held(&mut self, held: bool) {
+        self.held = held;
     }
 
     /// Queue again every remembered message whose class `which` accepts, in
@@ -161,6 +189,21 @@ impl Outbox {
         self.with(Queue::take)
     }
 
+    pub fn push_if_changed(&self, msg: Message) {
+        self.with(|q| q.push_if_changed(msg));
+        self.notify.notify_one();
+    }
+
+    /// Keeps everything queued until [`release`](Self::release).
+    pub fn hold(&self) {
+        self.with(|q| q.set_held(true));
+    }
+
+    pub fn release(&self) {
+        self.with(|q| q.set_held(false));
+        self.notify.notify_one();
+    }
+
     pub fn with<T>(&self, f: impl FnOnce(&mut Queue) -> T) -> T {
         // A panic while holding the lock leaves a consistent queue (every
         // method finishes its own writes), so a poisoned lock is still usable.
@@ -194,6 +237,44 @@ mod tests {
         assert_eq!(out[0].topic, "a");
         assert_eq!(out[0].payload, Bytes::from("9999"));
         assert!(q.is_empty());
+    }
+
+    #[test]
+    fn bridge_state_goes_first_and_discovery_before_states() {
+        let mut q = Queue::default();
+        q.push(state("s", "1"));
+        q.push(Message::retained(Class::Discovery, "d1".into(), "{}"));
+        q.push(Message::transient("ev".into(), "x"));
+        q.push(Message::retained(Class::Discovery, "d2".into(), "{}"));
+        q.push(Message::retained(Class::BridgeState, "b".into(), "on"));
+        let topics: Vec<String> = q.take().into_iter().map(|m| m.topic).collect();
+        assert_eq!(topics, ["b", "d1", "d2", "s", "ev"]);
+    }
+
+    #[test]
+    fn an_unchanged_retained_message_is_not_sent_again() {
+        let mut q = Queue::default();
+        let avail = |v: &str| Message::retained(Class::Availability, "a".into(), v.to_owned());
+        q.push_if_changed(avail("online"));
+        assert_eq!(q.take().len(), 1);
+        q.push_if_changed(avail("online"));
+        assert!(q.take().is_empty());
+        q.push_if_changed(avail("offline"));
+        assert_eq!(q.take()[0].payload, Bytes::from("offline"));
+        // A reconnect still republishes it.
+        q.requeue(|_| true);
+        assert_eq!(q.take().len(), 1);
+    }
+
+    #[test]
+    fn a_held_queue_hands_out_nothing_and_keeps_everything() {
+        let mut q = Queue::default();
+        q.set_held(true);
+        q.push(state("s", "1"));
+        q.push(Message::transient("ev".into(), "x"));
+        assert!(q.take().is_empty());
+        q.set_held(false);
+        assert_eq!(q.take().len(), 2);
     }
 
     #[test]

@@ -12,10 +12,15 @@ use crate::config::Config;
 /// Largest packet we send: discovery configs are a few KiB, `bridge/info`
 /// grows with the device list.
 pub const MAX_OUTGOING_PACKET: usize = 1024 * 1024;
-/// Largest packet we accept. Above the 1 MiB a careless client may send to a
-/// command topic, so such a payload is answered with an error instead of
-/// tearing down the connection.
-pub const MAX_INCOMING_PACKET: usize = 4 * 1024 * 1024;
+/// Largest packet we accept: the largest MQTT 3.1.1 allows (the remaining
+/// length is at most 268 435 455 bytes). rumqttc drops the connection on a
+/// packet over its limit, and the broker delivers the same message again
+/// after the reconnect (retained, or QoS 1 in our persistent session): any
+/// client could keep the bridge off its broker with one message. So no
+/// packet is over the limit; the payload is dropped on arrival
+/// (`connection::MAX_KEPT_PAYLOAD`) and answered with an error. A broker's
+/// `message_size_limit` bounds the memory such a message costs on the way.
+pub const MAX_INCOMING_PACKET: usize = 268_435_455;
 
 /// Where to connect.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,7 +110,11 @@ pub fn mqtt_options(config: &Config, topics: &Topics) -> Result<MqttOptions, Set
     let ep = endpoint(config).map_err(SettingsError::Url)?;
     let mut opts = MqttOptions::new(config.mqtt.client_id.clone(), ep.host.clone(), ep.port);
     opts.set_keep_alive(config.mqtt.keepalive.max(Duration::from_secs(5)));
-    opts.set_clean_session(true);
+    // A persistent session: the broker queues QoS 1 commands published
+    // while we reconnect (a restart of the broker or of the bridge) and
+    // keeps our subscriptions. It needs a client id of our own, which
+    // `mqtt.client_id` is.
+    opts.set_clean_session(false);
     opts.set_max_packet_size(MAX_INCOMING_PACKET, MAX_OUTGOING_PACKET);
     opts.set_last_will(LastWill::new(
         topics.bridge_state(),

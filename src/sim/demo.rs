@@ -71,7 +71,7 @@ pub async fn start(config: &Config) -> anyhow::Result<DemoDevices> {
             .host
             .as_deref()
             .and_then(|h| h.parse::<std::net::IpAddr>().ok())
-            .filter(|ip| ip.is_loopback())
+            .filter(|ip| crate::config::is_loopback(*ip))
         else {
             continue;
         };
@@ -109,7 +109,7 @@ pub async fn start(config: &Config) -> anyhow::Result<DemoDevices> {
             .host
             .parse::<std::net::IpAddr>()
             .ok()
-            .filter(|ip| ip.is_loopback())
+            .filter(|ip| crate::config::is_loopback(*ip))
         else {
             continue;
         };

@@ -223,7 +223,7 @@ pub fn spawn(
 async fn run(
     config: InverterConfig,
     events: mpsc::Sender<DriverEvent>,
-    mut commands: mpsc::Receiver<DeviceCommand>,
+    mut commands: crate::drivers::inbox::CommandInbox,
     shutdown: CancellationToken,
 ) {
     let id = config.id.clone();

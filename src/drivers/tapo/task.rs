@@ -306,7 +306,7 @@ impl Plug {
 async fn run(
     link: PlugLink,
     events: mpsc::Sender<DriverEvent>,
-    mut commands: mpsc::Receiver<DeviceCommand>,
+    mut commands: crate::drivers::inbox::CommandInbox,
     shutdown: CancellationToken,
 ) {
     let interval = link.poll_interval;
