@@ -102,7 +102,11 @@ pub async fn run_with(
     let options = settings::mqtt_options(&config, &topics)?;
     let endpoint = settings::endpoint(&config).map_err(anyhow::Error::msg)?;
     tracing::info!(broker = %endpoint, base = topics.base(), "starting energy2mqtt {}", env!("CARGO_PKG_VERSION"));
-    let mut conn = Connection::start(options, config.mqtt.reconnect_max);
+    // Held until the base-topic claim is settled: nothing of ours reaches
+    // the broker before we know no other instance holds the base topic.
+    let outbox = Outbox::default();
+    outbox.hold();
+    let mut conn = Connection::start_with(options, config.mqtt.reconnect_max, outbox);
     let (driver_tx, mut driver_rx) = mpsc::channel::<DriverEvent>(256);
     let drivers = spawn_drivers(&config, &driver_tx, &shutdown, &packs);
     let mut bridge = Bridge::new(config, topics, conn.outbox.clone(), conn.client.clone());
@@ -543,6 +547,12 @@ impl Bridge {
                 tracing::debug!(error = %e, "unsubscribe from the bridge's own topics failed");
             }
         }
+        tracing::debug!(
+            state = ?claim.state,
+            info_seen = claim.info.is_some(),
+            held = claim.held.len(),
+            "base topic claim settled"
+        );
         if let Some(other) = claim.other_instance(&self.config.mqtt.client_id) {
             return Err(BaseTopicTaken {
                 base: self.topics.base().to_owned(),
@@ -860,20 +870,24 @@ impl Bridge {
             return;
         };
         let kind = entry.kind;
-        let command = match parsed {
-            Ok(c) => c,
-            Err(e) => return self.command_error(device, topic, e.to_string()),
-        };
-        if matches!(command, Command::Set(_)) && kind != DeviceKind::Plug {
+        // Only `get` parses without error and is not a set: any other
+        // command, well-formed or not, is a set, and only plugs take sets
+        // (saying which fields a plug accepts would mislead here).
+        if !matches!(parsed, Ok(Command::Refresh)) && kind != DeviceKind::Plug {
             return self.command_error(
                 device,
                 topic,
                 format!(
-                    "'{device}' is a {} and accepts no set commands",
-                    kind.as_str()
+                    "'{device}' is {} and accepts no set commands (only {}/get)",
+                    kind.with_article(),
+                    device
                 ),
             );
         }
+        let command = match parsed {
+            Ok(c) => c,
+            Err(e) => return self.command_error(device, topic, e.to_string()),
+        };
         let command = match command {
             Command::Refresh => {
                 self.republish_device(device);
@@ -978,7 +992,11 @@ impl Bridge {
                 ));
             }
             DriverEvent::Availability { device, online } => {
+                let was = self.registry.get(&device).and_then(|d| d.online);
                 if self.registry.set_online(&device, online) {
+                    if online && was == Some(false) {
+                        tracing::info!(device = %device, "device reachable again");
+                    }
                     if self.registry.get(&device).map(|d| d.kind) == Some(DeviceKind::Inverter) {
                         self.publish_site(OffsetDateTime::now_utc());
                     }

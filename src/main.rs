@@ -319,11 +319,16 @@ fn init_tracing(cli: &Cli, config: &Config) -> Result<(), String> {
         .unwrap_or_else(|| config.log.level.clone());
     // rumqttd logs every connection at info and every ordinary disconnect
     // as an error; keep it silent unless the filter names it.
-    let directives = if level.contains("rumqttd") {
+    let mut directives = if level.contains("rumqttd") {
         level.clone()
     } else {
         format!("{level},rumqttd=off")
     };
+    // rumqttc says "Collision on packet id" at info whenever the broker
+    // acknowledges out of order after a reconnect; it resolves itself.
+    if !level.contains("rumqttc") {
+        directives.push_str(",rumqttc::state=warn");
+    }
     let filter =
         EnvFilter::try_new(&directives).map_err(|e| format!("--log-level '{level}': {e}"))?;
     let format = match cli.log_format {

@@ -19,6 +19,15 @@ impl DeviceKind {
             Self::Plug => "plug",
         }
     }
+
+    /// "a BMS", "an inverter", "a plug": for messages.
+    pub fn with_article(self) -> &'static str {
+        match self {
+            Self::Bms => "a BMS",
+            Self::Inverter => "an inverter",
+            Self::Plug => "a plug",
+        }
+    }
 }
 
 /// A plug's wanted relay state.

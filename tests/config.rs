@@ -440,6 +440,77 @@ fn network_broker_needs_credentials() {
     );
 }
 
+#[test]
+fn empty_broker_credentials_are_refused() {
+    // An empty password: rumqttd would let `admin` in without one.
+    let open = "[broker]\nenabled = true\nlisten = \"0.0.0.0:1883\"\n";
+    let errors = load_err(
+        &format!("{open}username = \"admin\"\npassword = \"\"\n"),
+        &[],
+    );
+    expect_error(&errors, "broker.password", "must not be empty");
+    // An empty user: the check passed and rumqttd failed at start.
+    let errors = load_err(&format!("{open}username = \"\"\npassword = \"p\"\n"), &[]);
+    expect_error(&errors, "broker.username", "must not be empty");
+    // The same from the environment.
+    let errors = load_err(
+        open,
+        &[
+            ("E2M_BROKER__USERNAME", "admin"),
+            ("E2M_BROKER__PASSWORD", ""),
+        ],
+    );
+    expect_error(&errors, "broker.password", "must not be empty");
+}
+
+#[test]
+fn an_ipv4_mapped_loopback_address_is_loopback() {
+    load_ok(
+        "[broker]\nenabled = true\nlisten = \"[::ffff:127.0.0.1]:1884\"\n",
+        &[],
+    );
+    let errors = load_err(
+        "[broker]\nenabled = true\nlisten = \"[::ffff:192.168.1.2]:1884\"\n",
+        &[],
+    );
+    expect_error(&errors, "broker.username", "reachable from the network");
+}
+
+#[test]
+fn a_toml_syntax_error_never_shows_a_secret() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("bad.toml");
+    // A backslash makes the password invalid TOML; the parser's own message
+    // quotes the whole line.
+    std::fs::write(
+        &cfg,
+        "[mqtt]\nusername = \"u\"\npassword = \"hunter2\\qsecret\"\n",
+    )
+    .unwrap();
+    let out = run(
+        dir.path(),
+        &["check-config", "--config", cfg.to_str().unwrap()],
+        &[],
+    );
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("line 3"), "says where: {stderr}");
+    assert!(stderr.contains("`password`"), "names the key: {stderr}");
+    for leak in ["hunter2", "qsecret"] {
+        assert!(!stderr.contains(leak), "{leak} leaked: {stderr}");
+    }
+    // A type error about a secret key does not quote the value either.
+    std::fs::write(&cfg, "[tapo]\nemail = { a = \"hunter2\" }\n").unwrap();
+    let out = run(
+        dir.path(),
+        &["check-config", "--config", cfg.to_str().unwrap()],
+        &[],
+    );
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(!stderr.contains("hunter2"), "leaked: {stderr}");
+}
+
 // ------------------------------------------------------------- precedence
 
 #[test]

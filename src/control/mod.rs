@@ -377,6 +377,7 @@ impl Control {
     fn automation_switch(&mut self, a: &TimerAction, now: Timestamp, out: &mut Vec<Output>) {
         let on = a.state == SwitchState::On;
         let reason = serde_json::to_value(a.reason).unwrap_or(Value::Null);
+        let why_on = reason.as_str().unwrap_or("automation").to_owned();
         let blocked = if self.mode(&a.plug) != PlugMode::Auto {
             Some("the plug's mode locks it")
         } else if on && self.is_shed(&a.plug) {
@@ -385,10 +386,10 @@ impl Control {
             None
         };
         if let Some(why) = blocked {
-            tracing::info!(plug = %a.plug, ?reason, why, "automation switch skipped");
+            tracing::info!(plug = %a.plug, reason = %why_on, why, "automation switch skipped");
             return;
         }
-        tracing::info!(plug = %a.plug, on, ?reason, "automation switch");
+        tracing::info!(plug = %a.plug, on, reason = %why_on, "automation switch");
         if let Delivery::Send { plug, on } = self.executor.want(&a.plug, on, "timer", now) {
             out.push(Output::Switch { plug, on });
         }
@@ -890,7 +891,9 @@ fn switch_text(on: bool) -> &'static str {
 }
 
 fn round(v: f64) -> f64 {
-    (v * 10.0).round() / 10.0
+    // `+ 0.0` turns -0.0 (a sum of nothing, a tiny negative) into 0.0, which
+    // is what JSON readers and Home Assistant should see.
+    (v * 10.0).round() / 10.0 + 0.0
 }
 
 fn opt_num(v: Option<f64>) -> Value {
@@ -937,6 +940,15 @@ fn status_json(s: &Status, c: &BalancerConfig, enabled: bool) -> Value {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn rounding_never_gives_negative_zero() {
+        // An empty f64 sum is -0.0 (nothing shed): it must read 0.
+        let nothing: f64 = std::iter::empty::<f64>().sum();
+        assert!(super::round(nothing).is_sign_positive());
+        assert!(super::round(-0.01).is_sign_positive());
+        assert_eq!(super::round(-1.26), -1.3);
+    }
+
     use super::*;
 
     const T0: u64 = 1_780_000_000_000;

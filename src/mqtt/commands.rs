@@ -28,6 +28,8 @@ pub enum CommandError {
     },
     #[error("empty command: give at least one of: {0}")]
     Empty(String),
+    #[error("{0}")]
+    Conflict(&'static str),
 }
 
 const SET_FIELDS: &[&str] = &["state", "mode", "timer"];
@@ -132,6 +134,28 @@ fn set_from_map(map: &Map<String, Value>) -> Result<SetCommand, CommandError> {
     }
     if state.is_none() && mode.is_none() && timer.is_none() {
         return Err(CommandError::Empty(SET_FIELDS.join(", ")));
+    }
+    // A timer decides the relay itself: a start switches the plug on, a
+    // cancel switches it off. A `state` beside it may only say the same
+    // (and is then left to the timer); anything else would switch twice
+    // and leave a timer running on a plug that was just turned off.
+    if let (Some(t), Some(s)) = (timer, state) {
+        match (t, s) {
+            (TimerCommand::Start(_), SwitchState::On)
+            | (TimerCommand::Cancel, SwitchState::Off) => {
+                state = None;
+            }
+            (TimerCommand::Start(_), _) => {
+                return Err(CommandError::Conflict(
+                    "a timer switches the plug on for its minutes: give `state` ON or no `state` with it",
+                ));
+            }
+            (TimerCommand::Cancel, _) => {
+                return Err(CommandError::Conflict(
+                    "cancelling the timer switches the plug off: give `state` OFF or no `state` with it",
+                ));
+            }
+        }
     }
     Ok(SetCommand { state, mode, timer })
 }
@@ -327,6 +351,38 @@ mod tests {
         let big = vec![b'a'; 1024 * 1024];
         assert_eq!(parse_set(&big), Err(CommandError::TooLarge(1024 * 1024)));
         assert_eq!(parse_set(&[0xff, 0xfe]), Err(CommandError::NotUtf8));
+    }
+
+    #[test]
+    fn a_timer_and_a_state_must_agree() {
+        let start = TimerCommand::Start(std::time::Duration::from_secs(30 * 60));
+        // Agreeing: the timer does the switching.
+        assert_eq!(
+            parse_set(br#"{"timer":30,"state":"ON"}"#).unwrap(),
+            SetCommand {
+                timer: Some(start),
+                ..Default::default()
+            }
+        );
+        assert_eq!(
+            parse_set(br#"{"timer":"cancel","state":"OFF"}"#).unwrap(),
+            SetCommand {
+                timer: Some(TimerCommand::Cancel),
+                ..Default::default()
+            }
+        );
+        for bad in [
+            &br#"{"timer":30,"state":"OFF"}"#[..],
+            br#"{"timer":30,"state":"TOGGLE"}"#,
+            br#"{"timer":0,"state":"ON"}"#,
+        ] {
+            let e = parse_set(bad).unwrap_err();
+            assert!(matches!(e, CommandError::Conflict(_)), "{e}");
+            assert!(e.to_string().contains("`state`"), "{e}");
+        }
+        // With a mode, both are kept.
+        let both = parse_set(br#"{"timer":30,"mode":"auto"}"#).unwrap();
+        assert_eq!((both.timer, both.mode), (Some(start), Some(PlugMode::Auto)));
     }
 
     #[test]

@@ -179,13 +179,19 @@ impl Backoff {
 
 impl Connection {
     pub fn start(options: MqttOptions, reconnect_max: Duration) -> Self {
+        Self::start_with(options, reconnect_max, Outbox::default())
+    }
+
+    /// [`start`](Self::start) writing from `outbox` (which may be held:
+    /// nothing is written until the caller releases it).
+    pub fn start_with(options: MqttOptions, reconnect_max: Duration, outbox: Outbox) -> Self {
         let (client, mut eventloop) = AsyncClient::new(options, CLIENT_CAPACITY);
         // Small packets, latency matters (a switch command, a state after
         // it): without this, Nagle holds the second of two writes ~40 ms.
         let mut net = rumqttc::NetworkOptions::new();
         net.set_tcp_nodelay(true);
         eventloop.set_network_options(net);
-        let outbox = Arc::new(Outbox::default());
+        let outbox = Arc::new(outbox);
         let (status_tx, status) = watch::channel(Status::default());
         let (incoming_tx, incoming) = mpsc::channel(INCOMING_CAPACITY);
         let stop = CancellationToken::new();

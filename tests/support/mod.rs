@@ -93,6 +93,8 @@ pub struct Broker {
     pub port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// Mosquitto with `persistence true` (sessions survive a restart).
+    persistent: bool,
 }
 
 impl Broker {
@@ -102,9 +104,38 @@ impl Broker {
             port: free_port(),
             dir: tempfile::tempdir().expect("tempdir"),
             child: None,
+            persistent: false,
         };
         b.spawn();
         b
+    }
+
+    /// Mosquitto keeping sessions and retained messages on disk across a
+    /// [`restart_gracefully`](Self::restart_gracefully), as a real
+    /// installation does.
+    pub fn mosquitto_persistent() -> Self {
+        let mut b = Self {
+            kind: BrokerKind::Mosquitto,
+            port: free_port(),
+            dir: tempfile::tempdir().expect("tempdir"),
+            child: None,
+            persistent: true,
+        };
+        b.spawn();
+        b
+    }
+
+    /// SIGTERM (Mosquitto writes its database), then start again on the
+    /// same port.
+    pub fn restart_gracefully(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
+            let _ = c.wait();
+        }
+        self.spawn();
     }
 
     fn spawn(&mut self) {
@@ -118,10 +149,18 @@ impl Broker {
                 .spawn(),
             BrokerKind::Mosquitto => {
                 let conf = self.dir.path().join("mosquitto.conf");
+                let persistence = if self.persistent {
+                    format!(
+                        "persistence true\npersistence_location {}/\n",
+                        self.dir.path().display()
+                    )
+                } else {
+                    "persistence false\n".to_owned()
+                };
                 std::fs::write(
                     &conf,
                     format!(
-                        "listener {} 127.0.0.1\nallow_anonymous true\npersistence false\n",
+                        "listener {} 127.0.0.1\nallow_anonymous true\n{persistence}",
                         self.port
                     ),
                 )
@@ -178,6 +217,16 @@ impl Bridge {
     /// `energy2mqtt run` against `broker_url` with `toml` as its config file
     /// and quick Home Assistant timings.
     pub fn start(broker_url: &str, toml: &str, extra_env: &[(&str, &str)]) -> Self {
+        Self::start_with_args(broker_url, toml, extra_env, &[])
+    }
+
+    /// [`start`](Self::start) with extra arguments after `run`.
+    pub fn start_with_args(
+        broker_url: &str,
+        toml: &str,
+        extra_env: &[(&str, &str)],
+        args: &[&str],
+    ) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = dir.path().join("config.toml");
         std::fs::write(&config, toml).expect("write config");
@@ -195,6 +244,7 @@ impl Bridge {
             .env("E2M_HOMEASSISTANT__BIRTH_DELAY", "0s")
             .env("E2M_HOMEASSISTANT__CLEANUP_WINDOW", "1s")
             .env("E2M_STORAGE__DIR", dir.path().join("data"))
+            .args(args)
             .stdout(Stdio::null())
             .stderr(log_file);
         for (k, v) in extra_env {
@@ -218,6 +268,18 @@ impl Bridge {
 
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// The exit code, if the bridge ends by itself within `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
     }
 
     /// `kill -9`: no chance to say goodbye.
