@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Installs the pinned Home Assistant Core of tests/home_assistant.rs into
+# .venv-ha (cached: a second run only checks it) and pre-installs the
+# requirements of every integration the test loads, so that Home Assistant
+# starts with --skip-pip and needs no network.
+#
+# Prints the venv's python on its last line; .ci/run exports it as
+# E2M_HA_PYTHON.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+HA_VERSION=2025.4.4
+VENV=.venv-ha
+
+# Home Assistant 2025.4 needs Python 3.13; Debian's python3 may be older,
+# pyenv's is the one CI has.
+find_python() {
+    local p
+    for p in "${E2M_HA_BASE_PYTHON:-}" /root/.pyenv/versions/3.13*/bin/python3 "$(command -v python3.13 || true)"; do
+        if [ -n "$p" ] && [ -x "$p" ] && "$p" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 13))'; then
+            echo "$p"
+            return 0
+        fi
+    done
+    echo "no Python 3.13 found (install it with pyenv, or set E2M_HA_BASE_PYTHON)" >&2
+    return 1
+}
+
+marker="$VENV/.e2m-installed"
+want="homeassistant==$HA_VERSION $(sha256sum tests/ha/requirements.py | cut -c1-16)"
+if [ -x "$VENV/bin/python" ] && [ "$(cat "$marker" 2>/dev/null)" = "$want" ]; then
+    echo "Home Assistant $HA_VERSION already in $VENV" >&2
+    echo "$PWD/$VENV/bin/python"
+    exit 0
+fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+    "$(find_python)" -m venv "$VENV"
+fi
+pip() { "$VENV/bin/python" -m pip install -q --disable-pip-version-check "$@"; }
+pip "homeassistant==$HA_VERSION"
+# The integrations' own requirements, from their manifests (pinned there).
+mapfile -t reqs < <("$VENV/bin/python" tests/ha/requirements.py)
+pip "${reqs[@]}"
+"$VENV/bin/python" -c 'import homeassistant.const as c; print("Home Assistant", c.__version__)' >&2
+echo "$want" >"$marker"
+echo "$PWD/$VENV/bin/python"
