@@ -309,8 +309,10 @@ async fn commands_sent_while_the_bridge_reconnects_are_carried_out() {
     drop(c);
     // Let the session settle (subscriptions acknowledged) before the restart.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    broker.restart_gracefully();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Down for 2 s: the bridge's reconnect backoff has grown past a second
+    // by then, so the commands below reach the broker while the bridge is
+    // still away (its next attempt comes well after them).
+    broker.restart_gracefully(Duration::from_secs(2));
     let mut c = Client::connect(broker.port, &["energy2mqtt/bridge/response/#"]).await;
     for t in 1..=10 {
         c.publish(
@@ -334,12 +336,15 @@ async fn commands_sent_while_the_bridge_reconnects_are_carried_out() {
             }
         }
     }
+    let log = bridge.log_text();
     assert_eq!(
         answered.len(),
         10,
-        "answered {answered:?} of 10; log:\n{}",
-        bridge.log_text()
+        "answered {answered:?} of 10; log:\n{log}"
     );
+    // The commands came before the bridge was back (else this test would
+    // prove nothing).
+    assert_eq!(log.matches("MQTT connected").count(), 2, "{log}");
     assert_eq!(bridge.terminate(), Some(0));
 }
 

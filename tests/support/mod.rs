@@ -126,8 +126,8 @@ impl Broker {
     }
 
     /// SIGTERM (Mosquitto writes its database), then start again on the
-    /// same port.
-    pub fn restart_gracefully(&mut self) {
+    /// same port after `down`.
+    pub fn restart_gracefully(&mut self, down: Duration) {
         if let Some(mut c) = self.child.take() {
             let _ = Command::new("kill")
                 .arg("-TERM")
@@ -135,6 +135,7 @@ impl Broker {
                 .status();
             let _ = c.wait();
         }
+        std::thread::sleep(down);
         self.spawn();
     }
 
@@ -150,10 +151,16 @@ impl Broker {
             BrokerKind::Mosquitto => {
                 let conf = self.dir.path().join("mosquitto.conf");
                 let persistence = if self.persistent {
-                    format!(
-                        "persistence true\npersistence_location {}/\n",
-                        self.dir.path().display()
-                    )
+                    // Started as root, Mosquitto drops to its own user, which
+                    // must be able to write its database here.
+                    use std::os::unix::fs::PermissionsExt;
+                    let db = self.dir.path().join("db");
+                    std::fs::create_dir_all(&db).expect("db dir");
+                    for (p, mode) in [(self.dir.path(), 0o711), (db.as_path(), 0o777)] {
+                        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
+                            .expect("chmod");
+                    }
+                    format!("persistence true\npersistence_location {}/\n", db.display())
                 } else {
                     "persistence false\n".to_owned()
                 };
