@@ -10,7 +10,8 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 HA_VERSION=2025.4.4
-VENV=.venv-ha
+# E2M_HA_VENV: another venv folder (to measure a cold install beside the cache).
+VENV=${E2M_HA_VENV:-.venv-ha}
 
 # Home Assistant 2025.4 needs Python 3.13; Debian's python3 may be older,
 # pyenv's is the one CI has.
@@ -30,7 +31,7 @@ marker="$VENV/.e2m-installed"
 want="homeassistant==$HA_VERSION $(sha256sum tests/ha/requirements.py | cut -c1-16)"
 if [ -x "$VENV/bin/python" ] && [ "$(cat "$marker" 2>/dev/null)" = "$want" ]; then
     echo "Home Assistant $HA_VERSION already in $VENV" >&2
-    echo "$PWD/$VENV/bin/python"
+    echo "$(cd "$VENV" && pwd)/bin/python"
     exit 0
 fi
 
@@ -44,4 +45,4 @@ mapfile -t reqs < <("$VENV/bin/python" tests/ha/requirements.py)
 pip "${reqs[@]}"
 "$VENV/bin/python" -c 'import homeassistant.const as c; print("Home Assistant", c.__version__)' >&2
 echo "$want" >"$marker"
-echo "$PWD/$VENV/bin/python"
+echo "$(cd "$VENV" && pwd)/bin/python"
