@@ -277,6 +277,18 @@ pub fn fields(shape: &PackShape) -> Vec<FieldSpec> {
                 ..sensor("emergency_countdown", "Emergency countdown")
             }),
             diagnostic(sensor("battery_type", "Battery type")),
+            diagnostic(FieldSpec {
+                unit: Some("s"),
+                device_class: Some("duration"),
+                state_class: Some("measurement"),
+                ..sensor("charge_status_elapsed", "Charge status time")
+            }),
+            diagnostic(binary("dry_contact_1", "Dry contact 1", None)),
+            diagnostic(binary("dry_contact_2", "Dry contact 2", None)),
+            diagnostic(FieldSpec {
+                state_class: Some("total_increasing"),
+                ..sensor("detail_log_entries", "Detail log entries")
+            }),
         ]);
     }
     out.push(diagnostic(FieldSpec {
@@ -423,6 +435,16 @@ impl CellInfo {
         if let Some(v) = self.battery_type {
             m.insert("battery_type".into(), v.as_str().into());
         }
+        if let Some(v) = self.charge_status_elapsed_s {
+            m.insert("charge_status_elapsed".into(), v.into());
+        }
+        if let Some([dry1, dry2]) = self.dry_contacts {
+            m.insert("dry_contact_1".into(), dry1.into());
+            m.insert("dry_contact_2".into(), dry2.into());
+        }
+        if let Some(v) = self.detail_log_entries {
+            m.insert("detail_log_entries".into(), v.into());
+        }
         m.insert("uptime".into(), self.uptime_s.into());
         m
     }
@@ -488,6 +510,37 @@ mod tests {
                 assert_eq!(per_cell, usize::from(cells));
             }
         }
+    }
+
+    #[test]
+    fn the_32s_frames_extra_status_is_published() {
+        let mut info = pack(Variant::Jk02_32s, 4);
+        info.charge_status_elapsed_s = Some(677);
+        info.dry_contacts = Some([false, true]);
+        info.detail_log_entries = Some(1083);
+        let m = info.to_map();
+        assert_eq!(m["charge_status_elapsed"], 677);
+        assert_eq!(m["dry_contact_1"], false);
+        assert_eq!(m["dry_contact_2"], true);
+        assert_eq!(m["detail_log_entries"], 1083);
+        let specs = fields(&PackShape::of(&info));
+        for key in [
+            "charge_status_elapsed",
+            "dry_contact_1",
+            "dry_contact_2",
+            "detail_log_entries",
+        ] {
+            let f = specs.iter().find(|f| f.key == key).expect(key);
+            assert!(f.diagnostic, "{key}");
+        }
+        // The 24S frame has none of them.
+        let m24 = pack(Variant::Jk02_24s, 4).to_map();
+        assert!(!m24.contains_key("dry_contact_1"));
+        assert!(
+            !fields(&PackShape::of(&pack(Variant::Jk02_24s, 4)))
+                .iter()
+                .any(|f| f.key == "detail_log_entries")
+        );
     }
 
     #[test]
