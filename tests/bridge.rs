@@ -441,8 +441,11 @@ async fn stale_discovery_is_cleared_and_foreign_configs_are_kept() {
 async fn demo_runs_the_embedded_broker_and_the_bridge() {
     let port = free_port();
     let data = tempfile::tempdir().unwrap();
+    let config = write_file(data.path(), "demo.toml", &demo_config_on_free_ports());
     let child = std::process::Command::new(BIN)
         .arg("demo")
+        .arg("--config")
+        .arg(&config)
         .env_clear()
         .env("E2M_STORAGE__DIR", data.path())
         .env("E2M_BROKER__LISTEN", format!("127.0.0.1:{port}"))
@@ -450,8 +453,8 @@ async fn demo_runs_the_embedded_broker_and_the_bridge() {
         .stderr(std::fs::File::create(data.path().join("demo.log")).expect("log file"))
         .spawn()
         .expect("start demo");
-    /// Kills the demo however the test ends: a leaked demo would hold the
-    /// simulators' fixed ports for the next run.
+    /// Kills the demo however the test ends: a leaked demo would keep
+    /// running beside the next test.
     struct KillOnDrop(std::process::Child);
     impl Drop for KillOnDrop {
         fn drop(&mut self) {
@@ -552,7 +555,7 @@ fn an_open_embedded_broker_without_credentials_is_refused() {
     let out = std::process::Command::new(BIN)
         .arg("demo")
         .env_clear()
-        .env("E2M_BROKER__LISTEN", "0.0.0.0:18830")
+        .env("E2M_BROKER__LISTEN", format!("0.0.0.0:{}", free_port()))
         .output()
         .expect("run");
     assert_eq!(out.status.code(), Some(2));

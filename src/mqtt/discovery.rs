@@ -250,7 +250,16 @@ impl Entity {
             Self::Event(e) => serde_json::to_value(e),
         };
         // Plain structs of strings and numbers cannot fail to serialise.
-        v.unwrap_or(Value::Null)
+        let mut v = v.unwrap_or(Value::Null);
+        // Home Assistant publishes commands with the entity's `qos` (0 by
+        // default). At QoS 1 the broker queues them in the bridge's
+        // persistent session while it reconnects; at QoS 0 they are lost.
+        if let Value::Object(m) = &mut v {
+            if m.contains_key("command_topic") {
+                m.insert("qos".into(), 1.into());
+            }
+        }
+        v
     }
 }
 
@@ -810,6 +819,9 @@ mod tests {
         assert_eq!(msgs[1].payload["state_class"], "total_increasing");
         assert_eq!(msgs[1].payload["unit_of_measurement"], "kWh");
         assert_eq!(msgs[2].payload["command_topic"], "energy2mqtt/inverter/set");
+        // Commands at QoS 1, so the broker keeps them while we reconnect.
+        assert_eq!(msgs[2].payload["qos"], 1);
+        assert!(msgs[0].payload.get("qos").is_none());
         assert!(is_ours(&t, msgs[0].payload.to_string().as_bytes()));
     }
 

@@ -444,6 +444,24 @@ pub fn repo_path(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
 }
 
+/// The demo's configuration with every simulator on a free port, for
+/// `energy2mqtt demo --config`: the file's `[[inverter]]` and `[[plug]]`
+/// arrays replace the built-in ones, so tests never depend on the fixed
+/// ports the demo documents for users.
+pub fn demo_config_on_free_ports() -> String {
+    let demo = std::fs::read_to_string(repo_path("config/demo.toml")).expect("config/demo.toml");
+    demo.lines()
+        .map(|line| {
+            if line.trim_start().starts_with("port =") {
+                format!("port = {}", free_port())
+            } else {
+                line.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 pub fn write_file(dir: &Path, name: &str, content: &str) -> PathBuf {
     let p = dir.join(name);
     let mut f = std::fs::File::create(&p).expect("create");
