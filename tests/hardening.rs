@@ -481,3 +481,56 @@ async fn set_commands_to_an_inverter_say_what_it_is() {
     }
     assert_eq!(bridge.terminate(), Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bridge_state_online_is_the_first_message_and_timers_log_in_words() {
+    for kind in brokers() {
+        let broker = Broker::start(kind);
+        let sim = plug_sim().await;
+        let mut c = Client::connect(
+            broker.port,
+            &[
+                "energy2mqtt/bridge/state",
+                "homeassistant/+/boiler/+/config",
+                "homeassistant/+/energy2mqtt_bridge/+/config",
+                "energy2mqtt/boiler",
+            ],
+        )
+        .await;
+        let mut bridge = Bridge::start(&broker.url(), &plug_config("boiler", sim.addr.port()), &[]);
+        let first = c
+            .expect(Duration::from_secs(15), |_| true)
+            .await
+            .unwrap_or_else(|| panic!("{kind:?}: nothing published; log:\n{}", bridge.log_text()));
+        assert!(
+            online(&first),
+            "{kind:?}: the first message is {} = {:?}",
+            first.topic,
+            first.payload
+        );
+        c.expect(Duration::from_secs(10), |m| m.topic == "energy2mqtt/boiler")
+            .await
+            .expect("plug state");
+        c.publish("energy2mqtt/boiler/set", r#"{"timer":5}"#, false)
+            .await;
+        let state = c
+            .expect(Duration::from_secs(5), |m| {
+                m.topic == "energy2mqtt/boiler" && m.json()["timer_off_at"].is_string()
+            })
+            .await
+            .expect("the timer shows in the plug's state")
+            .json();
+        assert_eq!(state["timer"], 5, "{kind:?}: {state}");
+        assert!(sim.is_on(), "{kind:?}: a timer switches the plug on");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let log = bridge.log_text();
+        assert!(log.contains("plug timer started"), "{kind:?}: {log}");
+        assert!(!log.contains("Start("), "{kind:?}: {log}");
+        assert!(
+            !log.contains("String("),
+            "{kind:?}: a debug-formatted value in the log: {log}"
+        );
+        assert!(!log.contains("Collision on packet id"), "{kind:?}");
+        assert_eq!(bridge.terminate(), Some(0));
+    }
+}

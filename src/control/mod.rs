@@ -774,7 +774,12 @@ impl Control {
                 ),
             ],
         ));
-        tracing::info!(plug, ?command, "plug timer");
+        match command {
+            TimerCommand::Start(d) => {
+                tracing::info!(plug, minutes = d.as_secs() / 60, "plug timer started")
+            }
+            TimerCommand::Cancel => tracing::info!(plug, "plug timer cancelled"),
+        }
         out.extend(self.step(registry, now, local));
         self.save(&mut out);
         Ok(out)
