@@ -36,12 +36,14 @@ if [ -x "$VENV/bin/python" ] && [ "$(cat "$marker" 2>/dev/null)" = "$want" ]; th
 fi
 
 if [ ! -x "$VENV/bin/python" ]; then
-    "$(find_python)" -m venv "$VENV"
+    "$(find_python)" -m venv "$VENV" >&2
 fi
-pip() { "$VENV/bin/python" -m pip install -q --disable-pip-version-check "$@"; }
+# Only the python path goes to stdout (.ci/run captures it).
+pip() { "$VENV/bin/python" -m pip install -q --disable-pip-version-check "$@" >&2; }
 pip "homeassistant==$HA_VERSION"
 # The integrations' own requirements, from their manifests (pinned there).
-mapfile -t reqs < <("$VENV/bin/python" tests/ha/requirements.py)
+reqs_text="$("$VENV/bin/python" tests/ha/requirements.py)"
+mapfile -t reqs <<<"$reqs_text"
 pip "${reqs[@]}"
 "$VENV/bin/python" -c 'import homeassistant.const as c; print("Home Assistant", c.__version__)' >&2
 echo "$want" >"$marker"
