@@ -187,12 +187,16 @@ pub async fn run_with(
         }
     })
     .await;
-    let offline = Message::retained(
-        Class::BridgeState,
-        bridge.topics.bridge_state(),
-        payloads::OFFLINE,
-    );
-    conn.shutdown(Some(offline), Duration::from_secs(2)).await;
+    // Stopped before the claim was settled: the base topic may be another
+    // instance's, so say nothing on it.
+    let offline = bridge.claim.is_none().then(|| {
+        Message::retained(
+            Class::BridgeState,
+            bridge.topics.bridge_state(),
+            payloads::OFFLINE,
+        )
+    });
+    conn.shutdown(offline, Duration::from_secs(2)).await;
     Ok(())
 }
 
