@@ -112,6 +112,7 @@ pub async fn run_with(
     let mut bridge = Bridge::new(config, topics, conn.outbox.clone(), conn.client.clone());
     bridge.drivers = drivers;
     bridge.incoming_dropped = conn.incoming_dropped.clone();
+    bridge.set_healthy(false);
     bridge.publish_initial();
 
     let mut stats_tick = tokio::time::interval(BRIDGE_STATE_INTERVAL);
@@ -130,6 +131,9 @@ pub async fn run_with(
                     anyhow::bail!("the MQTT connection task stopped");
                 }
                 let status = *conn.status.borrow_and_update();
+                if !status.connected {
+                    bridge.set_healthy(false);
+                }
                 if status.connected && status.sessions > sessions_seen {
                     sessions_seen = status.sessions;
                     if bridge.claim.is_some() {
@@ -149,10 +153,10 @@ pub async fn run_with(
             }
             Some(msg) = conn.incoming.recv() => {
                 if let Some(claim) = &mut bridge.claim {
-                    if claim.on_incoming(&bridge.topics, &msg)
-                        && let Err(refusal) = bridge.settle_claim(sessions_seen).await
-                    {
-                        break Some(refusal);
+                    if claim.on_incoming(&bridge.topics, &msg) {
+                        if let Err(refusal) = bridge.settle_claim(sessions_seen).await {
+                            break Some(refusal);
+                        }
                     }
                     continue;
                 }
@@ -173,6 +177,7 @@ pub async fn run_with(
         return Err(anyhow::Error::new(refusal));
     }
     tracing::info!("shutting down");
+    bridge.set_healthy(false);
     // The drivers' tokens are children of `shutdown`: give them a moment to
     // release their devices (a pack must be free for the phone app, a
     // logger stick runs out of sockets when clients vanish).
@@ -383,6 +388,8 @@ pub struct Bridge {
     pub incoming_dropped: Arc<std::sync::atomic::AtomicU64>,
     gc: Option<Cleanup>,
     cleanup_done: bool,
+    /// What `health.json` says (None: not written yet).
+    healthy: Option<bool>,
     /// Until settled: whether another instance holds the base topic.
     claim: Option<Claim>,
     ha_birth_at: Option<Instant>,
@@ -421,6 +428,7 @@ impl Bridge {
             incoming_dropped: Arc::default(),
             gc: None,
             cleanup_done: false,
+            healthy: None,
             claim: Some(Claim {
                 subacks_before: 0,
                 deadline: None,
@@ -573,10 +581,34 @@ impl Bridge {
         Ok(())
     }
 
+    /// Keeps `health.json` (for `energy2mqtt health`) true: written only
+    /// when the state changes, off the async threads.
+    fn set_healthy(&mut self, connected: bool) {
+        if self.healthy == Some(connected) {
+            return;
+        }
+        self.healthy = Some(connected);
+        let store = crate::storage::Store::new(self.config.storage.dir.clone());
+        let record = crate::health::Health {
+            pid: std::process::id(),
+            connected,
+            since: payloads::timestamp(OffsetDateTime::now_utc()),
+            broker: settings::endpoint(&self.config)
+                .map(|e| e.to_string())
+                .unwrap_or_default(),
+        };
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = crate::health::write(&store, &record) {
+                tracing::warn!(error = %e, "cannot write the health file");
+            }
+        });
+    }
+
     async fn on_session(&mut self, session: u64) {
         if session > 1 {
             self.reconnects += 1;
         }
+        self.set_healthy(true);
         let mut filters: Vec<SubscribeFilter> = self
             .topics
             .command_filters()

@@ -8,6 +8,7 @@ pub mod config;
 pub mod control;
 pub mod core;
 pub mod drivers;
+pub mod health;
 pub mod model;
 pub mod mqtt;
 pub mod sim;

@@ -49,6 +49,10 @@ enum Command {
     Discovery,
     /// Run only the embedded MQTT broker of the [broker] section.
     Broker,
+    /// Exit 0 when the bridge using this configuration's storage dir is
+    /// running and connected to its broker, 1 otherwise (a container
+    /// HEALTHCHECK).
+    Health,
     /// List JK-BMS packs nearby (name, MAC, RSSI, manufacturer id), for the
     /// [[bms]] sections.
     Scan {
@@ -109,6 +113,7 @@ fn main() -> ExitCode {
     }
     match command {
         Command::CheckConfig => check_config(&config),
+        Command::Health => health(&config),
         Command::Discovery => print_discovery(&config),
         Command::Run => serve(&cli, config, Mode::Bridge),
         Command::Demo => serve(&cli, config, Mode::Demo),
@@ -291,6 +296,19 @@ fn check_config(config: &Config) -> ExitCode {
         }
         Err(e) => {
             eprintln!("energy2mqtt: cannot print the configuration: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn health(config: &Config) -> ExitCode {
+    match energy2mqtt::health::check(&config.storage.dir) {
+        Ok(h) => {
+            println!("healthy: connected to {} since {}", h.broker, h.since);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("unhealthy: {e}");
             ExitCode::FAILURE
         }
     }
