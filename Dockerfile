@@ -27,7 +27,8 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     && install -D -m 0755 target/release/energy2mqtt /out/energy2mqtt
 
 FROM debian:bookworm-slim AS runtime
-# ca-certificates: the system roots for mqtts:// brokers without mqtt.ca_file.
+# ca-certificates: the system roots for mqtts:// brokers without
+# mqtt.ca_file; unpinned because it must follow Debian's security updates.
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates \
