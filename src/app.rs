@@ -390,6 +390,8 @@ pub struct Bridge {
     cleanup_done: bool,
     /// What `health.json` says (None: not written yet).
     healthy: Option<bool>,
+    /// The record waiting to be written (see `set_healthy`).
+    health_latest: Arc<std::sync::Mutex<Option<crate::health::Health>>>,
     /// Until settled: whether another instance holds the base topic.
     claim: Option<Claim>,
     ha_birth_at: Option<Instant>,
@@ -429,6 +431,7 @@ impl Bridge {
             gc: None,
             cleanup_done: false,
             healthy: None,
+            health_latest: Arc::default(),
             claim: Some(Claim {
                 subacks_before: 0,
                 deadline: None,
@@ -597,9 +600,16 @@ impl Bridge {
                 .map(|e| e.to_string())
                 .unwrap_or_default(),
         };
+        // Blocking writes may run in any order: each writes the latest
+        // record under one lock, so the file always ends with the newest.
+        let latest = self.health_latest.clone();
+        *latest.lock().unwrap_or_else(|e| e.into_inner()) = Some(record);
         tokio::task::spawn_blocking(move || {
-            if let Err(e) = crate::health::write(&store, &record) {
-                tracing::warn!(error = %e, "cannot write the health file");
+            let mut guard = latest.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(record) = guard.take() {
+                if let Err(e) = crate::health::write(&store, &record) {
+                    tracing::warn!(error = %e, "cannot write the health file");
+                }
             }
         });
     }
@@ -1366,3 +1376,71 @@ fn device_block(
 
 /// The device id of the summed inverters (reserved in the configuration).
 pub const SITE_ID: &str = "site";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claim(state: Option<Value>, info: Option<Value>) -> Claim {
+        Claim {
+            subacks_before: 0,
+            deadline: None,
+            state,
+            info,
+            held: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn another_client_id_online_on_the_base_topic_is_another_instance() {
+        let online = Some(json!({"state": "online"}));
+        let info = |id: &str| Some(json!({"client_id": id, "host": "pi", "started_at": "t0"}));
+        assert_eq!(
+            claim(online.clone(), info("first")).other_instance("second"),
+            Some("client_id first, host pi, started t0".into())
+        );
+        // Our own client id: an earlier run of this bridge.
+        assert_eq!(
+            claim(online.clone(), info("first")).other_instance("first"),
+            None
+        );
+        // Offline, or nothing retained: free.
+        assert_eq!(
+            claim(Some(json!({"state": "offline"})), info("first")).other_instance("second"),
+            None
+        );
+        assert_eq!(claim(None, None).other_instance("second"), None);
+        // An older bridge/info without `client_id` still names it.
+        let old = Some(json!({"config": {"mqtt": {"client_id": "first"}}}));
+        assert_eq!(
+            claim(online.clone(), old).other_instance("second"),
+            Some("client_id first".into())
+        );
+        // Online without any info: someone holds it, unknown who.
+        assert_eq!(
+            claim(online, None).other_instance("second"),
+            Some("client_id unknown".into())
+        );
+    }
+
+    #[test]
+    fn the_claim_settles_shortly_after_its_suback() {
+        let t0 = Instant::now();
+        let mut c = claim(None, None);
+        c.subacks_before = 3;
+        c.deadline = Some(t0 + CLAIM_MAX);
+        c.on_status(3, t0);
+        assert_eq!(c.deadline, Some(t0 + CLAIM_MAX));
+        c.on_status(4, t0 + Duration::from_millis(10));
+        assert_eq!(
+            c.deadline,
+            Some(t0 + Duration::from_millis(10) + CLAIM_GRACE)
+        );
+        // A later status change does not push it back.
+        c.on_status(5, t0 + Duration::from_millis(100));
+        assert_eq!(
+            c.deadline,
+            Some(t0 + Duration::from_millis(10) + CLAIM_GRACE)
+        );
+    }
+}
