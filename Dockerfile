@@ -8,7 +8,7 @@
 # what CI builds and tests, with the same `cargo build --release --locked`.
 # On a Raspberry Pi, `docker build .` builds natively.
 
-# The toolchain CI uses (see .ci/run); the crate needs Rust >= 1.85.
+# The toolchain CI uses (see .ci/run); the crate needs Rust >= 1.87.
 FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src
 # Cargo needs every target the manifest declares (benches, tests) to exist;

@@ -11,6 +11,7 @@ pub mod drivers;
 pub mod health;
 pub mod model;
 pub mod mqtt;
+pub mod push;
 pub mod sim;
 pub mod storage;
 #[cfg(test)]

@@ -11,7 +11,8 @@ use energy2mqtt::config::schedule::{Schedule, TimeOfDay, Weekday};
 use energy2mqtt::config::{
     AlertsConfig, BalancerConfig, BmsConfig, BmsVariant, BrokerConfig, Config, ConfigError,
     ConfigErrors, HomeAssistantConfig, InverterConfig, InverterTransport, LogConfig, MqttConfig,
-    PlugConfig, RuleOverride, Secret, Sources, StorageConfig, TapoConfig, load_from,
+    NtfyConfig, PlugConfig, PushConfig, RuleOverride, Secret, Sources, StorageConfig, TapoConfig,
+    TelegramConfig, load_from,
 };
 use energy2mqtt::core::alerts::Level;
 
@@ -1089,6 +1090,26 @@ fn every_key() -> Config {
         }],
         balancer: BalancerConfig::default(),
         alerts: AlertsConfig::default(),
+        push: PushConfig {
+            listen: "127.0.0.1:8787".parse().unwrap(),
+            token: Some(Secret::new("t")),
+            vapid_private_key_file: Some("/vapid.pem".into()),
+            vapid_subject: Some("mailto:a@b".into()),
+            min_level: Level::Error,
+            quiet_hours: Some("22:00-07:00".into()),
+            device_lost_after: d,
+            ntfy: vec![NtfyConfig {
+                url: "https://ntfy.sh".into(),
+                topic: "t".into(),
+                token: Some(Secret::new("t")),
+                min_level: Level::Error,
+            }],
+            telegram: vec![TelegramConfig {
+                bot_token: Secret::new("1:a"),
+                chat_ids: vec![1],
+                min_level: Level::Error,
+            }],
+        },
     }
 }
 

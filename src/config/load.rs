@@ -251,7 +251,7 @@ fn env_providers(env: &[(String, String)]) -> Vec<EnvVar> {
 
 /// Keys whose own name ends in `_file`: `E2M_MQTT__CA_FILE` sets
 /// `mqtt.ca_file`; it is not a secret file holding `mqtt.ca`.
-const FILE_KEYS: &[&str] = &["mqtt.ca_file"];
+const FILE_KEYS: &[&str] = &["mqtt.ca_file", "push.vapid_private_key_file"];
 
 /// `MQTT__URL` → `mqtt.url`.
 fn env_key(rest: &str) -> String {

@@ -5,6 +5,7 @@
 mod alerts;
 pub mod duration;
 mod load;
+pub mod push;
 pub mod schedule;
 pub mod secret;
 mod validate;
@@ -20,6 +21,7 @@ pub use crate::model::DeviceKind;
 
 pub use alerts::{AlertsConfig, BatteryChemistry, RuleOverride};
 pub use load::{ConfigError, ConfigErrors, DEFAULT_PATH, Sources, load, load_from};
+pub use push::{NtfyConfig, PushConfig, TelegramConfig};
 pub use secret::Secret;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -36,6 +38,9 @@ pub struct Config {
     pub plug: Vec<PlugConfig>,
     pub balancer: BalancerConfig,
     pub alerts: AlertsConfig,
+    /// The sidecar `energy2mqtt-push`; the bridge ignores it.
+    #[serde(skip_serializing_if = "PushConfig::is_default")]
+    pub push: PushConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -296,6 +296,10 @@ pub fn validate(config: &Config) -> Result<(), ConfigErrors> {
         );
     }
 
+    for (key, reason) in super::push::check(&config.push) {
+        err(key, reason);
+    }
+
     if errors.is_empty() {
         Ok(())
     } else {

@@ -399,7 +399,7 @@ async fn send_fragmented(tx: &mpsc::Sender<Vec<u8>>, frame: &[u8], rng: &mut u64
             return false;
         }
     }
-    if next(rng) % 8 == 0 && tx.send(b"AT\r\n".to_vec()).await.is_err() {
+    if next(rng).is_multiple_of(8) && tx.send(b"AT\r\n".to_vec()).await.is_err() {
         return false;
     }
     true

@@ -329,7 +329,7 @@ async fn serve(mut sock: TcpStream, shared: Shared) -> std::io::Result<()> {
                 sock.write_all(&reply).await?;
             }
             let every = faults.drop_every.load(Ordering::Relaxed);
-            if every > 0 && served % every == 0 {
+            if every > 0 && served.is_multiple_of(every) {
                 return Ok(());
             }
         }

@@ -211,7 +211,7 @@ impl Plug {
         let mut values = info_values(&info);
         let metering_model = info.model.as_deref().map(|m| !super::is_unmetered(m));
         if self.metering != Some(false) && metering_model != Some(false) {
-            let energy_due = self.polls % ENERGY_EVERY == 0 || self.metering.is_none();
+            let energy_due = self.polls.is_multiple_of(ENERGY_EVERY) || self.metering.is_none();
             if energy_due {
                 match self.client.get_energy_usage().await? {
                     Some(e) => {

@@ -1,0 +1,6 @@
+//! The notification sidecar `energy2mqtt-push` (docs/NOTIFICATIONS.md):
+//! alert and bridge events in, Web Push / ntfy / Telegram out. The bridge
+//! itself uses none of this.
+
+pub mod vapid;
+pub mod webpush;
