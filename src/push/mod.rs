@@ -2,5 +2,8 @@
 //! alert and bridge events in, Web Push / ntfy / Telegram out. The bridge
 //! itself uses none of this.
 
+pub mod notify;
+pub mod ntfy;
+pub mod subscriptions;
 pub mod vapid;
 pub mod webpush;
