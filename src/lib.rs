@@ -9,6 +9,7 @@ pub mod control;
 pub mod core;
 pub mod drivers;
 pub mod health;
+pub mod https;
 pub mod model;
 pub mod mqtt;
 pub mod push;

@@ -72,6 +72,12 @@ impl Topics {
         format!("{}/bridge/state", self.base)
     }
 
+    /// The push sidecar's retained `{"state":"online"|"offline"}` (its
+    /// Last Will), so that it never touches the bridge's own state.
+    pub fn push_state(&self) -> String {
+        format!("{}/push/state", self.base)
+    }
+
     pub fn bridge_info(&self) -> String {
         format!("{}/bridge/info", self.base)
     }

@@ -4,6 +4,7 @@
 
 pub mod notify;
 pub mod ntfy;
+pub mod send;
 pub mod subscriptions;
 pub mod vapid;
 pub mod webpush;

@@ -101,7 +101,7 @@ impl std::fmt::Debug for PlugClient {
 
 impl PlugClient {
     pub fn new(host: &str, port: u16, username: &str, password: &str, timeout: Duration) -> Self {
-        let http = reqwest::Client::builder()
+        let http = crate::https::plain_client_builder()
             .timeout(timeout)
             .connect_timeout(timeout)
             // Plugs are picky HTTP servers: Title-Case headers, and no

@@ -1,0 +1,356 @@
+//! `energy2mqtt-push` end to end on loopback: a real broker, the sidecar
+//! binary, and a fake push service + ntfy server in Python
+//! (tests/interop/fake_push.py) that decrypts with `http_ece` and verifies
+//! the VAPID JWT with `cryptography` — implementations independent of ours.
+//! Without the interop venv a plain `cargo test` says so and passes; under
+//! `CI=true` a missing venv fails.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::{Broker, BrokerKind};
+
+const PUSH_BIN: &str = env!("CARGO_BIN_EXE_energy2mqtt-push");
+const FAKE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/fake_push.py");
+
+fn interop_python() -> Option<PathBuf> {
+    let p = std::env::var_os("E2M_INTEROP_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv-interop/bin/python")
+        });
+    if p.exists() {
+        return Some(p);
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "CI=true but there is no interop venv at {} (.ci/run installs http_ece there)",
+        p.display()
+    );
+    eprintln!(
+        "push interop test not run: no venv at {} (python3 -m venv .venv-interop && .venv-interop/bin/pip install http_ece==1.2.1 cryptography==50.0.2)",
+        p.display()
+    );
+    None
+}
+
+/// Kills the child when the test ends, however it ends.
+struct Reaped(Child);
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn messages(port: u16) -> Vec<Value> {
+    let out = Command::new("curl")
+        .args(["-s", &format!("http://127.0.0.1:{port}/messages")])
+        .output();
+    // Without curl, fall back to a raw HTTP/1.0 GET.
+    let text = match out {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).into_owned(),
+        _ => raw_get(port, "/messages"),
+    };
+    serde_json::from_str(&text).unwrap_or_default()
+}
+
+fn raw_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let _ = write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+    let mut buf = String::new();
+    let _ = s.read_to_string(&mut buf);
+    buf.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default()
+}
+
+fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+fn publish(port: u16, topic: &str, payload: &Value) {
+    let mut opts =
+        rumqttc::MqttOptions::new(format!("pub-{}", std::process::id()), "127.0.0.1", port);
+    opts.set_keep_alive(Duration::from_secs(5));
+    let (client, mut conn) = rumqttc::Client::new(opts, 10);
+    client
+        .publish(topic, rumqttc::QoS::AtLeastOnce, false, payload.to_string())
+        .expect("publish");
+    for ev in conn.iter() {
+        match ev {
+            Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => break,
+            Ok(_) => {}
+            Err(e) => panic!("publish to the broker: {e}"),
+        }
+    }
+    let _ = client.disconnect();
+}
+
+/// Waits until the sidecar announced itself on `<base>/push/state`.
+fn wait_online(port: u16, base: &str) {
+    let mut opts = rumqttc::MqttOptions::new("watch-push", "127.0.0.1", port);
+    opts.set_keep_alive(Duration::from_secs(5));
+    let (client, mut conn) = rumqttc::Client::new(opts, 10);
+    client
+        .subscribe(format!("{base}/push/state"), rumqttc::QoS::AtLeastOnce)
+        .expect("subscribe");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        match conn.recv_timeout(Duration::from_millis(200)) {
+            Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))))
+                if p.payload.as_ref() == br#"{"state":"online"}"# =>
+            {
+                let _ = client.disconnect();
+                return;
+            }
+            _ => {}
+        }
+    }
+    panic!("the sidecar never published {base}/push/state online");
+}
+
+fn write_config(dir: &Path, broker: u16, fake: u16, pem: &Path) -> PathBuf {
+    let cfg = dir.join("e2m.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+[mqtt]
+url = "mqtt://127.0.0.1:{broker}"
+client_id = "e2m-push-test"
+base_topic = "e2mtest"
+
+[storage]
+dir = "{data}"
+
+[push]
+vapid_private_key_file = "{pem}"
+vapid_subject = "mailto:test@example.com"
+
+[[push.ntfy]]
+url = "http://127.0.0.1:{fake}/ntfy"
+topic = "e2m-alerts"
+token = "tk_test"
+"#,
+            data = dir.join("data").display(),
+            pem = pem.display(),
+        ),
+    )
+    .expect("write config");
+    cfg
+}
+
+#[test]
+fn alerts_reach_an_independent_push_service_and_ntfy() {
+    let Some(python) = interop_python() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+
+    // The original app's key format: SEC1 PEM, made by `cryptography`.
+    let pem = dir.path().join("vapid-sec1.pem");
+    let out = Command::new(&python)
+        .args([FAKE, "keygen"])
+        .arg(&pem)
+        .output()
+        .expect("keygen");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let expected_key = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(
+        std::fs::read_to_string(&pem)
+            .unwrap()
+            .contains("BEGIN EC PRIVATE KEY")
+    );
+
+    let mut fake = Command::new(&python)
+        .arg(FAKE)
+        .arg("serve")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the fake push service");
+    let mut line = String::new();
+    BufReader::new(fake.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("the fake's first line");
+    let _fake = Reaped(fake);
+    let info: Value = serde_json::from_str(&line).expect("the fake's JSON line");
+    let fake_port = info["port"].as_u64().expect("port") as u16;
+    let subs = &info["subscriptions"];
+
+    let broker = Broker::start(BrokerKind::Embedded);
+    let cfg = write_config(dir.path(), broker.port, fake_port, &pem);
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(
+        data.join("push-subscriptions.json"),
+        serde_json::to_vec(&json!([subs["ok"], subs["gone"], subs["busy"]])).unwrap(),
+    )
+    .unwrap();
+
+    // The SEC1 key gives the applicationServerKey cryptography computed.
+    let out = Command::new(PUSH_BIN)
+        .arg("--config")
+        .arg(&cfg)
+        .arg("public-key")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), expected_key);
+
+    let sidecar = Command::new(PUSH_BIN)
+        .arg("--config")
+        .arg(&cfg)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start energy2mqtt-push");
+    let _sidecar = Reaped(sidecar);
+    wait_online(broker.port, "e2mtest");
+
+    let raise = json!({"kind": "raise", "event_type": "raise", "rule": "soc_critical",
+        "family": "soc", "level": "critical", "device": "battery1", "device_name": "Battery 1",
+        "value": 8.0, "threshold": 10.0, "message": "Battery 1: SOC 8 % is below 10 %",
+        "at": "2026-11-21T18:04:00Z", "repeat": false, "notify": true});
+    let clear = json!({"kind": "clear", "event_type": "clear", "rule": "soc_critical",
+        "family": "soc", "level": "critical", "device": "battery1", "device_name": "Battery 1",
+        "value": 13.0, "threshold": 12.0,
+        "message": "Battery 1: SOC 13 % is back at or above 12 %",
+        "at": "2026-11-21T19:04:00Z", "repeat": false, "notify": true});
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    publish(broker.port, "e2mtest/alerts/event", &raise);
+    let delivered = |m: &Vec<Value>, sub: &str| {
+        m.iter()
+            .filter(|x| x["sub"] == sub && x["status"] == 201)
+            .count()
+    };
+    wait_for("the raise on ok and busy", Duration::from_secs(20), || {
+        let m = messages(fake_port);
+        delivered(&m, "ok") == 1 && delivered(&m, "busy") == 1
+    });
+    // The clear comes after the raise (same tag: it replaces it).
+    publish(broker.port, "e2mtest/alerts/event", &clear);
+    wait_for("the clear", Duration::from_secs(20), || {
+        let m = messages(fake_port);
+        delivered(&m, "ok") == 2 && m.iter().filter(|x| x["channel"] == "ntfy").count() == 2
+    });
+
+    let m = messages(fake_port);
+    let ok: Vec<&Value> = m.iter().filter(|x| x["sub"] == "ok").collect();
+    assert_eq!(ok.len(), 2, "{m:#?}");
+    let shown: Vec<Value> = ok
+        .iter()
+        .map(|x| serde_json::from_str(x["plaintext"].as_str().unwrap()).unwrap())
+        .collect();
+    assert_eq!(
+        shown[0],
+        json!({"kind": "raise", "title": "Critical: Battery 1",
+               "body": "Battery 1: SOC 8 % is below 10 %", "level": "critical",
+               "tag": "soc_critical-battery1", "time": "2026-11-21T18:04:00Z"})
+    );
+    assert_eq!(
+        shown[1],
+        json!({"kind": "clear", "title": "Cleared: Battery 1",
+               "body": "Battery 1: SOC 13 % is back at or above 12 %", "level": "critical",
+               "tag": "soc_critical-battery1", "time": "2026-11-21T19:04:00Z"})
+    );
+    for x in &ok {
+        assert_eq!(x["urgency"], "high");
+        assert_eq!(x["ttl"], "86400");
+        assert_eq!(x["encoding"], "aes128gcm");
+        assert_eq!(x["topic"], "soc_critical-battery1");
+        assert_eq!(x["k"], expected_key.as_str());
+        let claims = &x["claims"];
+        assert_eq!(claims["aud"], format!("http://127.0.0.1:{fake_port}"));
+        assert_eq!(claims["sub"], "mailto:test@example.com");
+        let exp = claims["exp"].as_f64().unwrap();
+        assert!(
+            exp > started && exp <= started + 24.0 * 3600.0 + 60.0,
+            "exp {exp}"
+        );
+    }
+    // Nothing was refused: every JWT verified.
+    assert!(m.iter().all(|x| x["status"] != 401), "{m:#?}");
+
+    // 429 with Retry-After: 1 was honoured: the retry came a second later.
+    let busy: Vec<&Value> = m.iter().filter(|x| x["sub"] == "busy").collect();
+    assert_eq!(busy[0]["status"], 429);
+    assert_eq!(busy[1]["status"], 201);
+    let waited = busy[1]["at"].as_f64().unwrap() - busy[0]["at"].as_f64().unwrap();
+    assert!(waited >= 0.95, "retried after {waited} s");
+
+    // 410 deleted the subscription: tried once, never again, gone from disk.
+    let gone: Vec<&Value> = m.iter().filter(|x| x["sub"] == "gone").collect();
+    assert_eq!(gone.len(), 1, "{gone:#?}");
+    assert_eq!(gone[0]["status"], 410);
+    let stored: Vec<Value> =
+        serde_json::from_slice(&std::fs::read(data.join("push-subscriptions.json")).unwrap())
+            .unwrap();
+    let endpoints: Vec<&str> = stored
+        .iter()
+        .map(|s| s["endpoint"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        endpoints,
+        [
+            subs["ok"]["endpoint"].as_str().unwrap(),
+            subs["busy"]["endpoint"].as_str().unwrap()
+        ]
+    );
+
+    // ntfy: method, path, headers (names as the fake saw them, lowercased)
+    // and body.
+    let ntfy: Vec<&Value> = m.iter().filter(|x| x["channel"] == "ntfy").collect();
+    assert_eq!(ntfy.len(), 2);
+    for (x, title, prio, tags, body) in [
+        (
+            ntfy[0],
+            "Critical: Battery 1",
+            "5",
+            "rotating_light,energy2mqtt",
+            "Battery 1: SOC 8 % is below 10 %",
+        ),
+        (
+            ntfy[1],
+            "Cleared: Battery 1",
+            "2",
+            "white_check_mark,energy2mqtt",
+            "Battery 1: SOC 13 % is back at or above 12 %",
+        ),
+    ] {
+        assert_eq!(x["method"], "POST");
+        assert_eq!(x["path"], "/ntfy/e2m-alerts");
+        assert_eq!(x["headers"]["title"], title);
+        assert_eq!(x["headers"]["priority"], prio);
+        assert_eq!(x["headers"]["tags"], tags);
+        assert_eq!(x["headers"]["authorization"], "Bearer tk_test");
+        assert_eq!(x["body"], body);
+    }
+}
