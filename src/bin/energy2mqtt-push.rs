@@ -18,7 +18,7 @@ use energy2mqtt::push::notify::{self, ChannelState, Kind, Notification, Policy, 
 use energy2mqtt::push::subscriptions::Subscriptions;
 use energy2mqtt::push::vapid::VapidKey;
 use energy2mqtt::push::webpush::{self, Outcome, Urgency};
-use energy2mqtt::push::{ntfy, send};
+use energy2mqtt::push::{ntfy, send, telegram};
 use energy2mqtt::storage::Store;
 
 #[derive(Parser)]
@@ -53,23 +53,24 @@ struct Sidecar {
     subs: Subscriptions,
     webpush_state: ChannelState,
     ntfy_state: Vec<ChannelState>,
+    telegram_state: Vec<ChannelState>,
     quiet: Option<QuietHours>,
     /// 401/403 explanations already logged, so each is logged once.
     told: std::collections::BTreeSet<String>,
 }
 
+// The wall clock and the local time through crate::clock, the one place
+// that reads them.
 fn now_unix() -> i64 {
-    chrono::Utc::now().timestamp()
+    i64::try_from(energy2mqtt::clock::now().0 / 1000).unwrap_or(i64::MAX)
 }
 
 fn now_rfc3339() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    energy2mqtt::control::rfc3339(energy2mqtt::clock::now())
 }
 
 fn local_minute() -> u16 {
-    use chrono::Timelike as _;
-    let t = chrono::Local::now();
-    (t.hour() * 60 + t.minute()) as u16
+    energy2mqtt::clock::local_at(energy2mqtt::clock::now()).minute_of_day()
 }
 
 impl Sidecar {
@@ -91,6 +92,7 @@ impl Sidecar {
         };
         Ok(Self {
             ntfy_state: vec![ChannelState::default(); push.ntfy.len()],
+            telegram_state: vec![ChannelState::default(); push.telegram.len()],
             config,
             http,
             vapid,
@@ -128,7 +130,24 @@ impl Sidecar {
             let name = format!("ntfy {}/{}", ch.url.trim_end_matches('/'), ch.topic);
             let verdict = notify::admit(n, &policy, &mut self.ntfy_state[i], now, minute);
             if force || verdict == Verdict::Send {
-                let r = send::ntfy(&self.http, &ntfy::request(&ch, n)).await;
+                let r = send::ntfy(&self.http, &ntfy::request(&ch, n), send::Retry::DEFAULT).await;
+                report.push((name, format!("{r:?}")));
+            } else {
+                tracing::debug!(channel = %name, tag = %n.tag, ?verdict, "not sent");
+            }
+        }
+        for i in 0..self.config.push.telegram.len() {
+            let ch = self.config.push.telegram[i].clone();
+            let policy = Policy {
+                min_level: ch.min_level,
+                quiet: self.quiet,
+            };
+            // The bot token is a secret: the channel is named by its chats.
+            let name = format!("telegram {:?}", ch.chat_ids);
+            let verdict = notify::admit(n, &policy, &mut self.telegram_state[i], now, minute);
+            if force || verdict == Verdict::Send {
+                let reqs = telegram::requests(&ch, n, telegram::API);
+                let r = send::telegram(&self.http, &reqs, send::Retry::DEFAULT).await;
                 report.push((name, format!("{r:?}")));
             } else {
                 tracing::debug!(channel = %name, tag = %n.tag, ?verdict, "not sent");
@@ -291,7 +310,9 @@ async fn test(config: Config) -> anyhow::Result<bool> {
     };
     let report = sidecar.dispatch(&n, true).await;
     if report.is_empty() {
-        println!("no channel configured: subscribe a browser or add [[push.ntfy]]");
+        println!(
+            "no channel configured: subscribe a browser, or add [[push.ntfy]] or [[push.telegram]]"
+        );
         return Ok(false);
     }
     let mut ok = true;

@@ -6,5 +6,6 @@ pub mod notify;
 pub mod ntfy;
 pub mod send;
 pub mod subscriptions;
+pub mod telegram;
 pub mod vapid;
 pub mod webpush;

@@ -53,6 +53,29 @@ pub async fn webpush(
     }
 }
 
+/// Retries on 5xx and network errors for ntfy and Telegram: `attempts`
+/// in all, waiting `first`, then twice as long each time.
+#[derive(Debug, Clone, Copy)]
+pub struct Retry {
+    pub attempts: u32,
+    pub first: Duration,
+}
+
+impl Retry {
+    /// 1 s, 2 s, 4 s, 8 s: five attempts within 15 s.
+    pub const DEFAULT: Retry = Retry {
+        attempts: super::webpush::MAX_ATTEMPTS,
+        first: Duration::from_secs(1),
+    };
+
+    /// The wait after failed attempt `attempt` (1-based), `None` when done.
+    pub fn wait(&self, attempt: u32) -> Option<Duration> {
+        (1..self.attempts)
+            .contains(&attempt)
+            .then(|| self.first * (1 << (attempt - 1).min(16)))
+    }
+}
+
 /// What an ntfy or Telegram server answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Plain {
@@ -64,7 +87,7 @@ pub enum Plain {
 }
 
 /// POSTs with bounded retries on 5xx and network errors.
-pub async fn ntfy(client: &reqwest::Client, req: &NtfyRequest) -> Plain {
+pub async fn ntfy(client: &reqwest::Client, req: &NtfyRequest, retry: Retry) -> Plain {
     let mut attempt = 1;
     loop {
         let mut r = client.post(&req.url).body(req.body.clone());
@@ -85,12 +108,185 @@ pub async fn ntfy(client: &reqwest::Client, req: &NtfyRequest) -> Plain {
             Ok(resp) => format!("ntfy answered {}", resp.status().as_u16()),
             Err(e) => format!("ntfy unreachable: {e}"),
         };
-        match super::webpush::backoff(attempt) {
+        match retry.wait(attempt) {
             Some(d) => {
-                tokio::time::sleep(d.min(Duration::from_secs(8))).await;
+                tokio::time::sleep(d).await;
                 attempt += 1;
             }
             None => return Plain::Failed(result),
         }
+    }
+}
+
+/// Telegram `sendMessage`s with bounded retries; `Plain::Ok` once every
+/// chat got it. Errors never include the URL (it holds the bot token).
+pub async fn telegram(
+    client: &reqwest::Client,
+    requests: &[(String, serde_json::Value)],
+    retry: Retry,
+) -> Plain {
+    for (url, body) in requests {
+        let mut attempt = 1;
+        loop {
+            let sent = client
+                .post(url)
+                .header("Content-Type", "application/json")
+                .body(body.to_string())
+                .send()
+                .await;
+            let result = match sent {
+                Ok(resp) if resp.status().is_success() => break,
+                Ok(resp) if resp.status().is_client_error() => {
+                    let status = resp.status().as_u16();
+                    let text = resp.text().await.unwrap_or_default();
+                    let text: String = text.chars().take(200).collect();
+                    return Plain::Rejected(format!(
+                        "Telegram answered {status} {}: check push.telegram bot_token and chat_ids \
+                         (the bot must have been started in that chat)",
+                        text.trim()
+                    ));
+                }
+                Ok(resp) => format!("Telegram answered {}", resp.status().as_u16()),
+                // without_url: reqwest's message would include the token.
+                Err(e) => format!("Telegram unreachable: {}", e.without_url()),
+            };
+            match retry.wait(attempt) {
+                Some(d) => {
+                    tokio::time::sleep(d).await;
+                    attempt += 1;
+                }
+                None => return Plain::Failed(result),
+            }
+        }
+    }
+    Plain::Ok
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    /// A one-request-at-a-time HTTP server on loopback answering `statuses`
+    /// in turn; returns the port and the requests it saw.
+    async fn fake(statuses: Vec<u16>) -> (u16, tokio::task::JoinHandle<Vec<String>>) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let task = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            for status in statuses {
+                let (mut s, _) = l.accept().await.unwrap();
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                // Read the head, then as much body as Content-Length says.
+                loop {
+                    let n = s.read(&mut chunk).await.unwrap();
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).to_string();
+                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                        let len = head
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse::<usize>().unwrap())
+                            })
+                            .unwrap_or(0);
+                        if body.len() >= len {
+                            break;
+                        }
+                    }
+                    if n == 0 {
+                        break;
+                    }
+                }
+                seen.push(String::from_utf8_lossy(&buf).to_string());
+                let reply = format!(
+                    "HTTP/1.1 {status} X\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}"
+                );
+                s.write_all(reply.as_bytes()).await.unwrap();
+            }
+            seen
+        });
+        (port, task)
+    }
+
+    const FAST: Retry = Retry {
+        attempts: 5,
+        first: Duration::from_millis(10),
+    };
+
+    #[test]
+    fn default_retry_is_bounded() {
+        let waits: Vec<_> = (1..=6).map(|a| Retry::DEFAULT.wait(a)).collect();
+        let s = |n| Some(Duration::from_secs(n));
+        assert_eq!(waits, [s(1), s(2), s(4), s(8), None, None]);
+    }
+
+    fn client() -> reqwest::Client {
+        crate::https::plain_client_builder().build().unwrap()
+    }
+
+    #[tokio::test]
+    async fn telegram_posts_json_and_retries_5xx_a_bounded_number_of_times() {
+        let (port, seen) = fake(vec![503, 200]).await;
+        let ch = crate::config::TelegramConfig {
+            bot_token: crate::config::Secret::new("123:ABC"),
+            chat_ids: vec![42],
+            min_level: crate::core::alerts::Level::Warning,
+        };
+        let n = crate::push::notify::Notification {
+            kind: crate::push::notify::Kind::Raise,
+            title: "Error: Deye".into(),
+            body: "F35 no AC grid.".into(),
+            level: crate::core::alerts::Level::Error,
+            tag: "t".into(),
+            time: "2026-11-21T18:04:00Z".into(),
+            link: None,
+            repeat: false,
+        };
+        let reqs = crate::push::telegram::requests(&ch, &n, &format!("http://127.0.0.1:{port}"));
+        assert_eq!(telegram(&client(), &reqs, FAST).await, Plain::Ok);
+        let seen = seen.await.unwrap();
+        assert_eq!(seen.len(), 2, "one retry after the 503");
+        let req = &seen[1];
+        assert!(
+            req.starts_with("POST /bot123:ABC/sendMessage HTTP/1.1\r\n"),
+            "{req}"
+        );
+        assert!(
+            req.to_ascii_lowercase()
+                .contains("content-type: application/json"),
+            "{req}"
+        );
+        let body: serde_json::Value =
+            serde_json::from_str(req.split_once("\r\n\r\n").unwrap().1).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({"chat_id": 42, "text": "*Error: Deye*\nF35 no AC grid\\.",
+                               "parse_mode": "MarkdownV2", "disable_notification": false})
+        );
+
+        // Always 5xx: MAX_ATTEMPTS tries, then it gives up.
+        let (port, seen) = fake(vec![500; FAST.attempts as usize]).await;
+        let reqs = crate::push::telegram::requests(&ch, &n, &format!("http://127.0.0.1:{port}"));
+        assert_eq!(
+            telegram(&client(), &reqs, FAST).await,
+            Plain::Failed("Telegram answered 500".into())
+        );
+        assert_eq!(
+            seen.await.unwrap().len(),
+            super::super::webpush::MAX_ATTEMPTS as usize
+        );
+
+        // 4xx is not retried and names the keys to check.
+        let (port, seen) = fake(vec![401]).await;
+        let reqs = crate::push::telegram::requests(&ch, &n, &format!("http://127.0.0.1:{port}"));
+        let Plain::Rejected(why) = telegram(&client(), &reqs, FAST).await else {
+            panic!("a 401 is a rejection")
+        };
+        assert!(why.contains("bot_token"), "{why}");
+        assert!(!why.contains("123:ABC"), "the token stays out: {why}");
+        assert_eq!(seen.await.unwrap().len(), 1);
     }
 }
