@@ -353,4 +353,36 @@ fn alerts_reach_an_independent_push_service_and_ntfy() {
         assert_eq!(x["headers"]["authorization"], "Bearer tk_test");
         assert_eq!(x["body"], body);
     }
+
+    // `energy2mqtt-push test`: one line per channel, all delivered.
+    let out = Command::new(PUSH_BIN)
+        .arg("--config")
+        .arg(&cfg)
+        .arg("test")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    let origin = format!("http://127.0.0.1:{fake_port}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            format!("ok   webpush {origin}: Delivered"),
+            format!("ok   webpush {origin}: Delivered"),
+            format!("ok   ntfy {origin}/ntfy/e2m-alerts: Ok"),
+        ],
+        "{stdout}"
+    );
+    let m = messages(fake_port);
+    let test_pushes = m
+        .iter()
+        .filter(|x| {
+            x["plaintext"]
+                .as_str()
+                .and_then(|p| serde_json::from_str::<Value>(p).ok())
+                .is_some_and(|p| p["title"] == "energy2mqtt test")
+        })
+        .count();
+    assert_eq!(test_pushes, 2, "{m:#?}");
 }

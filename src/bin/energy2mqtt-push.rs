@@ -1,8 +1,14 @@
 //! `energy2mqtt-push`: the notification sidecar. Reads the bridge's
 //! configuration file, listens to `<base>/alerts/event`, `<base>/bridge/event`
-//! and `<base>/bridge/state`, and sends Web Push and ntfy notifications.
-//! Wiring only; the rules live in `energy2mqtt::push`.
+//! and `<base>/bridge/state`, and sends Web Push, ntfy and Telegram
+//! notifications. Wiring only; the rules live in `energy2mqtt::push`.
+//!
+//! Two parts: the MQTT loop decides (pure rules, instantly) which channels
+//! get a notification, and one delivery task sends, in order. A push
+//! service that answers slowly or asks us to wait (429) then never stalls
+//! the MQTT connection, and a clear can never overtake its raise.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -13,6 +19,7 @@ use rumqttc::{AsyncClient, Event, LastWill, Packet, QoS};
 use energy2mqtt::config::push::QuietHours;
 use energy2mqtt::config::{self, Config};
 use energy2mqtt::core::alerts::Level;
+use energy2mqtt::mqtt::payloads::{OFFLINE, ONLINE};
 use energy2mqtt::mqtt::topics::Topics;
 use energy2mqtt::push::notify::{self, ChannelState, Kind, Notification, Policy, Verdict, Watch};
 use energy2mqtt::push::subscriptions::Subscriptions;
@@ -46,19 +53,6 @@ enum Command {
 /// How long a push service keeps a message for a phone that is offline.
 const TTL: Duration = Duration::from_secs(24 * 3600);
 
-struct Sidecar {
-    config: Config,
-    http: reqwest::Client,
-    vapid: VapidKey,
-    subs: Subscriptions,
-    webpush_state: ChannelState,
-    ntfy_state: Vec<ChannelState>,
-    telegram_state: Vec<ChannelState>,
-    quiet: Option<QuietHours>,
-    /// 401/403 explanations already logged, so each is logged once.
-    told: std::collections::BTreeSet<String>,
-}
-
 // The wall clock and the local time through crate::clock, the one place
 // that reads them.
 fn now_unix() -> i64 {
@@ -73,11 +67,89 @@ fn local_minute() -> u16 {
     energy2mqtt::clock::local_at(energy2mqtt::clock::now()).minute_of_day()
 }
 
-impl Sidecar {
-    fn new(config: Config) -> anyhow::Result<Self> {
+/// One notification and the channels that admitted it.
+struct Job {
+    n: Notification,
+    webpush: bool,
+    ntfy: Vec<usize>,
+    telegram: Vec<usize>,
+}
+
+/// The channel rules' memory, owned by the MQTT loop.
+struct Rules {
+    min_level: Level,
+    quiet: Option<QuietHours>,
+    webpush: ChannelState,
+    ntfy: Vec<(Level, ChannelState)>,
+    telegram: Vec<(Level, ChannelState)>,
+}
+
+impl Rules {
+    fn new(config: &Config) -> Self {
         let push = &config.push;
+        Self {
+            min_level: push.min_level,
+            // Validated with the configuration already.
+            quiet: push
+                .quiet_hours
+                .as_deref()
+                .and_then(|q| QuietHours::parse(q).ok()),
+            webpush: ChannelState::default(),
+            ntfy: push
+                .ntfy
+                .iter()
+                .map(|c| (c.min_level, ChannelState::default()))
+                .collect(),
+            telegram: push
+                .telegram
+                .iter()
+                .map(|c| (c.min_level, ChannelState::default()))
+                .collect(),
+        }
+    }
+
+    fn decide(&mut self, n: Notification) -> Job {
+        let (now, minute) = (now_unix(), local_minute());
+        let quiet = self.quiet;
+        let admit = |min_level, state: &mut ChannelState| {
+            let verdict = notify::admit(&n, &Policy { min_level, quiet }, state, now, minute);
+            if verdict != Verdict::Send {
+                tracing::debug!(tag = %n.tag, ?verdict, "not sent on a channel");
+            }
+            verdict == Verdict::Send
+        };
+        let webpush = admit(self.min_level, &mut self.webpush);
+        let pick = |list: &mut Vec<(Level, ChannelState)>| {
+            list.iter_mut()
+                .enumerate()
+                .filter_map(|(i, (level, state))| admit(*level, state).then_some(i))
+                .collect::<Vec<_>>()
+        };
+        let ntfy = pick(&mut self.ntfy);
+        let telegram = pick(&mut self.telegram);
+        Job {
+            n,
+            webpush,
+            ntfy,
+            telegram,
+        }
+    }
+}
+
+/// Sends; owns the HTTP client, the key and the subscription list.
+struct Delivery {
+    config: Config,
+    http: reqwest::Client,
+    vapid: VapidKey,
+    subs: Subscriptions,
+    /// Rejections (400/401/403) already explained, so each is logged once.
+    told: BTreeSet<String>,
+}
+
+impl Delivery {
+    fn new(config: Config) -> anyhow::Result<Self> {
         let vapid = VapidKey::load_or_generate(
-            push.vapid_private_key_file.as_deref(),
+            config.push.vapid_private_key_file.as_deref(),
             &config.storage.dir,
         )?;
         let subs = Subscriptions::load(Store::new(&config.storage.dir))?;
@@ -85,73 +157,49 @@ impl Sidecar {
             .timeout(Duration::from_secs(15))
             .build()
             .context("HTTP client")?;
-        let quiet = match &push.quiet_hours {
-            // Validated with the configuration already.
-            Some(q) => QuietHours::parse(q).ok(),
-            None => None,
-        };
         Ok(Self {
-            ntfy_state: vec![ChannelState::default(); push.ntfy.len()],
-            telegram_state: vec![ChannelState::default(); push.telegram.len()],
             config,
             http,
             vapid,
             subs,
-            webpush_state: ChannelState::default(),
-            quiet,
-            told: Default::default(),
+            told: BTreeSet::new(),
         })
     }
 
-    fn link(&self) -> Option<String> {
-        None
+    /// Every channel, for `test`.
+    fn all(&self, n: Notification) -> Job {
+        Job {
+            n,
+            webpush: true,
+            ntfy: (0..self.config.push.ntfy.len()).collect(),
+            telegram: (0..self.config.push.telegram.len()).collect(),
+        }
     }
 
-    /// Sends `n` to every channel that admits it; per channel a line of
-    /// what happened.
-    async fn dispatch(&mut self, n: &Notification, force: bool) -> Vec<(String, String)> {
+    /// Sends `job`; per channel a line of what happened.
+    async fn deliver(&mut self, job: &Job) -> Vec<(String, String)> {
+        let n = &job.n;
         let mut report = Vec::new();
-        let now = now_unix();
-        let minute = local_minute();
-        let policy = Policy {
-            min_level: self.config.push.min_level,
-            quiet: self.quiet,
-        };
-        if force || notify::admit(n, &policy, &mut self.webpush_state, now, minute) == Verdict::Send
-        {
+        if job.webpush {
             report.extend(self.webpush(n).await);
         }
-        for i in 0..self.config.push.ntfy.len() {
-            let ch = self.config.push.ntfy[i].clone();
-            let policy = Policy {
-                min_level: ch.min_level,
-                quiet: self.quiet,
+        for &i in &job.ntfy {
+            let Some(ch) = self.config.push.ntfy.get(i) else {
+                continue;
             };
             let name = format!("ntfy {}/{}", ch.url.trim_end_matches('/'), ch.topic);
-            let verdict = notify::admit(n, &policy, &mut self.ntfy_state[i], now, minute);
-            if force || verdict == Verdict::Send {
-                let r = send::ntfy(&self.http, &ntfy::request(&ch, n), send::Retry::DEFAULT).await;
-                report.push((name, format!("{r:?}")));
-            } else {
-                tracing::debug!(channel = %name, tag = %n.tag, ?verdict, "not sent");
-            }
+            let r = send::ntfy(&self.http, &ntfy::request(ch, n), send::Retry::DEFAULT).await;
+            report.push((name, format!("{r:?}")));
         }
-        for i in 0..self.config.push.telegram.len() {
-            let ch = self.config.push.telegram[i].clone();
-            let policy = Policy {
-                min_level: ch.min_level,
-                quiet: self.quiet,
+        for &i in &job.telegram {
+            let Some(ch) = self.config.push.telegram.get(i) else {
+                continue;
             };
             // The bot token is a secret: the channel is named by its chats.
             let name = format!("telegram {:?}", ch.chat_ids);
-            let verdict = notify::admit(n, &policy, &mut self.telegram_state[i], now, minute);
-            if force || verdict == Verdict::Send {
-                let reqs = telegram::requests(&ch, n, telegram::API);
-                let r = send::telegram(&self.http, &reqs, send::Retry::DEFAULT).await;
-                report.push((name, format!("{r:?}")));
-            } else {
-                tracing::debug!(channel = %name, tag = %n.tag, ?verdict, "not sent");
-            }
+            let reqs = telegram::requests(ch, n, telegram::API);
+            let r = send::telegram(&self.http, &reqs, send::Retry::DEFAULT).await;
+            report.push((name, format!("{r:?}")));
         }
         for (channel, result) in &report {
             tracing::info!(%channel, tag = %n.tag, %result, "notification");
@@ -163,8 +211,8 @@ impl Sidecar {
         let payload = n.payload(notify::MAX_PAYLOAD);
         let urgency = Urgency::for_level(n.level);
         let subject = self.config.push.vapid_subject.clone();
+        let topic = webpush::is_topic(&n.tag).then_some(n.tag.as_str());
         let mut out = Vec::new();
-        let mut gone = Vec::new();
         for sub in self.subs.list().to_vec() {
             let name = format!("webpush {}", origin(&sub.endpoint));
             let req = sub
@@ -178,8 +226,8 @@ impl Sidecar {
                         &payload,
                         TTL,
                         urgency,
-                        webpush::is_topic(&n.tag).then_some(n.tag.as_str()),
-                        now_unix() as u64,
+                        topic,
+                        u64::try_from(now_unix()).unwrap_or(0),
                     )
                 });
             let outcome = match req {
@@ -187,21 +235,18 @@ impl Sidecar {
                 Err(e) => Outcome::Rejected(e.to_string()),
             };
             match &outcome {
-                Outcome::Gone => gone.push(sub.endpoint.clone()),
+                Outcome::Gone => match self.subs.remove(&sub.endpoint) {
+                    Ok(_) => {
+                        tracing::info!(channel = %name, "subscription gone (404/410): deleted")
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot save the subscriptions"),
+                },
                 Outcome::Rejected(fix) if self.told.insert(fix.clone()) => {
                     tracing::warn!(channel = %name, "{fix}");
                 }
                 _ => {}
             }
             out.push((name, format!("{outcome:?}")));
-        }
-        for endpoint in gone {
-            match self.subs.remove(&endpoint) {
-                Ok(_) => {
-                    tracing::info!(endpoint = %origin(&endpoint), "subscription gone (404/410): deleted")
-                }
-                Err(e) => tracing::warn!(error = %e, "cannot save the subscriptions"),
-            }
         }
         out
     }
@@ -224,37 +269,44 @@ async fn run(config: Config) -> anyhow::Result<()> {
     opts.set_client_id(format!("{}-push", config.mqtt.client_id));
     opts.set_last_will(LastWill::new(
         topics.push_state(),
-        energy2mqtt::mqtt::payloads::OFFLINE,
+        OFFLINE,
         QoS::AtLeastOnce,
         true,
     ));
     let (client, mut eventloop) = AsyncClient::new(opts, 64);
-    let alerts = topics.alerts_event();
-    let events = topics.bridge_event();
-    let state = topics.bridge_state();
-    let mut sidecar = Sidecar::new(config)?;
-    let mut watch = Watch::default();
-    let lost_after = sidecar.config.push.device_lost_after;
-    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    let (alerts, events, state) = (
+        topics.alerts_event(),
+        topics.bridge_event(),
+        topics.bridge_state(),
+    );
+    let mut rules = Rules::new(&config);
+    let lost_after = config.push.device_lost_after;
+    let reconnect_max = config.mqtt.reconnect_max;
+    let mut delivery = Delivery::new(config)?;
     tracing::info!(
-        key = %sidecar.vapid.application_server_key(),
-        subscriptions = sidecar.subs.list().len(),
-        ntfy = sidecar.config.push.ntfy.len(),
+        key = %delivery.vapid.application_server_key(),
+        subscriptions = delivery.subs.list().len(),
+        ntfy = delivery.config.push.ntfy.len(),
+        telegram = delivery.config.push.telegram.len(),
         "energy2mqtt-push started"
     );
+    // Bounded: a flood of events waits here rather than growing memory.
+    let (jobs, mut queue) = tokio::sync::mpsc::channel::<Job>(64);
+    let worker = tokio::spawn(async move {
+        while let Some(job) = queue.recv().await {
+            delivery.deliver(&job).await;
+        }
+    });
+    let mut watch = Watch::default();
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
     let mut backoff = Duration::from_millis(500);
+    let link: Option<String> = None;
     loop {
+        let mut found = Vec::new();
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {
-                let _ = client.publish(topics.push_state(), QoS::AtLeastOnce, true, energy2mqtt::mqtt::payloads::OFFLINE).await;
-                let _ = client.disconnect().await;
-                return Ok(());
-            }
+            _ = tokio::signal::ctrl_c() => break,
             _ = tick.tick() => {
-                let link = sidecar.link();
-                for n in notify::due_device_lost(&mut watch, lost_after, now_unix(), &now_rfc3339(), link.as_deref()) {
-                    sidecar.dispatch(&n, false).await;
-                }
+                found = notify::due_device_lost(&mut watch, lost_after, now_unix(), &now_rfc3339(), link.as_deref());
             }
             ev = eventloop.poll() => match ev {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
@@ -262,7 +314,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
                     for t in [&alerts, &events, &state] {
                         client.subscribe(t.as_str(), QoS::AtLeastOnce).await?;
                     }
-                    client.publish(topics.push_state(), QoS::AtLeastOnce, true, energy2mqtt::mqtt::payloads::ONLINE).await?;
+                    client.publish(topics.push_state(), QoS::AtLeastOnce, true, ONLINE).await?;
                     tracing::info!("connected to the broker");
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
@@ -270,7 +322,6 @@ async fn run(config: Config) -> anyhow::Result<()> {
                         tracing::debug!(topic = %p.topic, "not JSON, ignored");
                         continue;
                     };
-                    let link = sidecar.link();
                     let now = now_rfc3339();
                     let n = if p.topic == alerts {
                         notify::from_alert_event(&v, &now, link.as_deref())
@@ -281,23 +332,41 @@ async fn run(config: Config) -> anyhow::Result<()> {
                     } else {
                         None
                     };
-                    if let Some(n) = n {
-                        sidecar.dispatch(&n, false).await;
-                    }
+                    found.extend(n);
                 }
                 Ok(_) => {}
                 Err(e) => {
                     tracing::warn!(error = %e, "MQTT connection lost; retrying in {backoff:?}");
                     tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(sidecar.config.mqtt.reconnect_max);
+                    backoff = (backoff * 2).min(reconnect_max);
                 }
             }
         }
+        for n in found {
+            let job = rules.decide(n);
+            if job.webpush || !job.ntfy.is_empty() || !job.telegram.is_empty() {
+                // Only fails once the worker is gone, which only the end of
+                // the process does.
+                let _ = jobs.send(job).await;
+            }
+        }
     }
+    let _ = client
+        .publish(topics.push_state(), QoS::AtLeastOnce, true, OFFLINE)
+        .await;
+    let _ = client.disconnect().await;
+    // Let the broker get the offline state and the worker finish what it has.
+    drop(jobs);
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while eventloop.poll().await.is_ok() {}
+    })
+    .await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), worker).await;
+    Ok(())
 }
 
 async fn test(config: Config) -> anyhow::Result<bool> {
-    let mut sidecar = Sidecar::new(config)?;
+    let mut delivery = Delivery::new(config)?;
     let n = Notification {
         kind: Kind::Raise,
         title: "energy2mqtt test".into(),
@@ -305,10 +374,11 @@ async fn test(config: Config) -> anyhow::Result<bool> {
         level: Level::Warning,
         tag: "e2m-test".into(),
         time: now_rfc3339(),
-        link: sidecar.link(),
+        link: None,
         repeat: false,
     };
-    let report = sidecar.dispatch(&n, true).await;
+    let job = delivery.all(n);
+    let report = delivery.deliver(&job).await;
     if report.is_empty() {
         println!(
             "no channel configured: subscribe a browser, or add [[push.ntfy]] or [[push.telegram]]"
@@ -335,7 +405,11 @@ fn main() -> std::process::ExitCode {
     };
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log.level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    // Logs on stderr: stdout carries the answers of `test` and `public-key`.
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -232,9 +232,10 @@ pub enum Outcome {
     Rejected(String),
 }
 
-/// The longest `Retry-After` we wait for one message; past that it is
-/// dropped rather than delivered hours late.
-pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+/// The longest `Retry-After` we wait for one message (a longer one is
+/// cut to this): later notifications queue behind it, and an alert
+/// delivered an hour late is worth little.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
 
 /// Used when a 429 comes without a readable `Retry-After`.
 pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(60);
