@@ -1446,3 +1446,71 @@ fn config_doc_examples_load() {
     }
     assert!(blocks > 0, "no TOML example in the doc");
 }
+
+// ------------------------------------------------------------ [push]
+
+#[test]
+fn push_section_is_validated_and_its_secrets_stay_redacted() {
+    let errors = load_err(
+        r#"
+[push]
+listen = "0.0.0.0:8787"
+vapid_subject = "me@example.com"
+quiet_hours = "22-07"
+
+[[push.ntfy]]
+url = "ntfy.sh"
+topic = "a/b"
+
+[[push.telegram]]
+bot_token = "nope"
+chat_ids = []
+"#,
+        &[],
+    );
+    expect_error(&errors, "push.token", "reachable from the network");
+    expect_error(&errors, "push.vapid_subject", "mailto:");
+    expect_error(&errors, "push.quiet_hours", "22");
+    expect_error(&errors, "push.ntfy[0].url", "not an http(s) server URL");
+    expect_error(&errors, "push.ntfy[0].topic", "letters, digits");
+    expect_error(&errors, "push.telegram[0].bot_token", "bot token");
+    expect_error(&errors, "push.telegram[0].chat_ids", "at least one");
+    assert!(!errors.to_string().contains("nope"), "{errors}");
+
+    let token = TempFile::new("token", "s3cret-token\n");
+    let c = load_ok(
+        r#"
+[push]
+listen = "0.0.0.0:8787"
+vapid_subject = "mailto:me@example.com"
+quiet_hours = "22:00-07:00"
+min_level = "error"
+
+[[push.ntfy]]
+url = "https://ntfy.sh"
+topic = "e2m-a1b2"
+token = "tk_hidden"
+
+[[push.telegram]]
+bot_token = "123456:AAE-hidden"
+chat_ids = [42]
+"#,
+        &[("E2M_PUSH__TOKEN_FILE", token.path_str())],
+    );
+    assert_eq!(
+        c.push.token.as_ref().map(Secret::expose),
+        Some("s3cret-token")
+    );
+    assert_eq!(c.push.min_level, Level::Error);
+    assert_eq!(c.push.ntfy[0].min_level, Level::Warning);
+    assert_eq!(c.push.telegram[0].chat_ids, [42]);
+    let shown = c.redacted_json().to_string();
+    for secret in ["s3cret-token", "tk_hidden", "AAE-hidden"] {
+        assert!(!shown.contains(secret), "{secret} in {shown}");
+        assert!(!format!("{c:?}").contains(secret), "{secret} in Debug");
+    }
+    assert_eq!(c.redacted_json()["push"]["token"], "<redacted>");
+
+    // Untouched, the section is left out of the effective configuration.
+    assert!(load_ok("", &[]).redacted_json().get("push").is_none());
+}
