@@ -203,7 +203,13 @@ fn alerts_reach_an_independent_push_service_and_ntfy() {
     std::fs::create_dir_all(&data).unwrap();
     std::fs::write(
         data.join("push-subscriptions.json"),
-        serde_json::to_vec(&json!([subs["ok"], subs["gone"], subs["busy"]])).unwrap(),
+        serde_json::to_vec(&json!([
+            subs["ok"],
+            subs["gone"],
+            subs["busy"],
+            subs["small"]
+        ]))
+        .unwrap(),
     )
     .unwrap();
 
@@ -262,8 +268,39 @@ fn alerts_reach_an_independent_push_service_and_ntfy() {
         delivered(&m, "ok") == 2 && m.iter().filter(|x| x["channel"] == "ntfy").count() == 2
     });
 
+    // A long alert: whole to `ok`; `small` answers 413 and gets it again,
+    // shorter (cut body, same title).
+    let mut long = raise.clone();
+    long["rule"] = json!("cell_drift");
+    long["message"] = json!("x".repeat(3000));
+    publish(broker.port, "e2mtest/alerts/event", &long);
+    wait_for("the long alert", Duration::from_secs(20), || {
+        let m = messages(fake_port);
+        delivered(&m, "ok") == 3 && delivered(&m, "small") == 3
+    });
     let m = messages(fake_port);
-    let ok: Vec<&Value> = m.iter().filter(|x| x["sub"] == "ok").collect();
+    let small: Vec<&Value> = m.iter().filter(|x| x["sub"] == "small").collect();
+    assert_eq!(
+        small
+            .iter()
+            .map(|x| x["status"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        [201, 201, 413, 201]
+    );
+    let cut: Value = serde_json::from_str(small[3]["plaintext"].as_str().unwrap()).unwrap();
+    assert_eq!(cut["title"], "Critical: Battery 1");
+    assert_eq!(cut["tag"], "cell_drift-battery1");
+    let body = cut["body"].as_str().unwrap();
+    assert!(body.ends_with('…') && body.len() < 2000, "{}", body.len());
+    let whole = m
+        .iter()
+        .filter(|x| x["sub"] == "ok")
+        .nth(2)
+        .and_then(|x| serde_json::from_str::<Value>(x["plaintext"].as_str()?).ok())
+        .unwrap();
+    assert_eq!(whole["body"].as_str().unwrap().len(), 3000);
+
+    let ok: Vec<&Value> = m.iter().filter(|x| x["sub"] == "ok").take(2).collect();
     assert_eq!(ok.len(), 2, "{m:#?}");
     let shown: Vec<Value> = ok
         .iter()
@@ -321,14 +358,15 @@ fn alerts_reach_an_independent_push_service_and_ntfy() {
         endpoints,
         [
             subs["ok"]["endpoint"].as_str().unwrap(),
-            subs["busy"]["endpoint"].as_str().unwrap()
+            subs["busy"]["endpoint"].as_str().unwrap(),
+            subs["small"]["endpoint"].as_str().unwrap()
         ]
     );
 
     // ntfy: method, path, headers (names as the fake saw them, lowercased)
     // and body.
     let ntfy: Vec<&Value> = m.iter().filter(|x| x["channel"] == "ntfy").collect();
-    assert_eq!(ntfy.len(), 2);
+    assert_eq!(ntfy.len(), 3);
     for (x, title, prio, tags, body) in [
         (
             ntfy[0],
@@ -370,6 +408,7 @@ fn alerts_reach_an_independent_push_service_and_ntfy() {
         [
             format!("ok   webpush {origin}: Delivered"),
             format!("ok   webpush {origin}: Delivered"),
+            format!("ok   webpush {origin}: Delivered"),
             format!("ok   ntfy {origin}/ntfy/e2m-alerts: Ok"),
         ],
         "{stdout}"
@@ -384,5 +423,5 @@ fn alerts_reach_an_independent_push_service_and_ntfy() {
                 .is_some_and(|p| p["title"] == "energy2mqtt test")
         })
         .count();
-    assert_eq!(test_pushes, 2, "{m:#?}");
+    assert_eq!(test_pushes, 3, "{m:#?}");
 }

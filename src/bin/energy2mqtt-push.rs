@@ -207,6 +207,35 @@ impl Delivery {
         report
     }
 
+    async fn push_one(
+        &self,
+        sub: &webpush::Subscription,
+        payload: &[u8],
+        urgency: Urgency,
+        subject: Option<&str>,
+        topic: Option<&str>,
+    ) -> Outcome {
+        let req = sub
+            .target()
+            .map_err(webpush::PushBuildError::from)
+            .and_then(|t| {
+                webpush::request_parts(
+                    &t,
+                    &self.vapid,
+                    subject,
+                    payload,
+                    TTL,
+                    urgency,
+                    topic,
+                    u64::try_from(now_unix()).unwrap_or(0),
+                )
+            });
+        match req {
+            Ok(req) => send::webpush(&self.http, &req, now_unix).await,
+            Err(e) => Outcome::Rejected(e.to_string()),
+        }
+    }
+
     async fn webpush(&mut self, n: &Notification) -> Vec<(String, String)> {
         let payload = n.payload(notify::MAX_PAYLOAD);
         let urgency = Urgency::for_level(n.level);
@@ -215,25 +244,17 @@ impl Delivery {
         let mut out = Vec::new();
         for sub in self.subs.list().to_vec() {
             let name = format!("webpush {}", origin(&sub.endpoint));
-            let req = sub
-                .target()
-                .map_err(webpush::PushBuildError::from)
-                .and_then(|t| {
-                    webpush::request_parts(
-                        &t,
-                        &self.vapid,
-                        subject.as_deref(),
-                        &payload,
-                        TTL,
-                        urgency,
-                        topic,
-                        u64::try_from(now_unix()).unwrap_or(0),
-                    )
-                });
-            let outcome = match req {
-                Ok(req) => send::webpush(&self.http, &req, now_unix).await,
-                Err(e) => Outcome::Rejected(e.to_string()),
-            };
+            let mut outcome = self
+                .push_one(&sub, &payload, urgency, subject.as_deref(), topic)
+                .await;
+            if outcome == Outcome::TooLarge {
+                // A service with a smaller limit than 4 KB: try once more
+                // with half the room (the body is cut, the title stays).
+                let shorter = n.payload(notify::MAX_PAYLOAD / 2);
+                outcome = self
+                    .push_one(&sub, &shorter, urgency, subject.as_deref(), topic)
+                    .await;
+            }
             match &outcome {
                 Outcome::Gone => match self.subs.remove(&sub.endpoint) {
                     Ok(_) => {

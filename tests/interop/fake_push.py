@@ -9,7 +9,8 @@ are verified with `cryptography`.
     fake_push.py serve        print {"port", "subscriptions"} on one line, then serve
 
 Endpoints: POST /push/ok (201), /push/gone (410), /push/busy (429 with
-Retry-After: 1 once, then 201); POST /ntfy/<topic>; GET /messages.
+Retry-After: 1 once, then 201), /push/small (413 over 2200 bytes, a service
+with a smaller limit); POST /ntfy/<topic>; GET /messages.
 """
 
 import base64
@@ -144,6 +145,8 @@ class Handler(BaseHTTPRequestHandler):
         record.update(claims=claims, k=k)
         if len(body) > 4096:
             status = 413
+        elif name == "small" and len(body) > 2200:
+            status = 413
         elif name == "gone":
             status = 410
         elif name == "busy" and not BUSY_SENT["done"]:
@@ -164,7 +167,7 @@ def serve():
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     port = server.server_address[1]
     out = {}
-    for name in ("ok", "gone", "busy"):
+    for name in ("ok", "gone", "busy", "small"):
         ua = ec.generate_private_key(ec.SECP256R1())
         auth = os.urandom(16)
         SUBS[name] = (ua, auth)
