@@ -24,7 +24,8 @@ COPY tests ./tests
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked \
-    && install -D -m 0755 target/release/energy2mqtt /out/energy2mqtt
+    && install -D -m 0755 target/release/energy2mqtt /out/energy2mqtt \
+    && install -D -m 0755 target/release/energy2mqtt-push /out/energy2mqtt-push
 
 FROM debian:bookworm-slim AS runtime
 # ca-certificates: the system roots for mqtts:// brokers without
@@ -36,7 +37,9 @@ RUN apt-get update \
     && groupadd --system --gid 10001 energy2mqtt \
     && useradd --system --uid 10001 --gid energy2mqtt --home-dir /data --shell /usr/sbin/nologin energy2mqtt \
     && install -d -o energy2mqtt -g energy2mqtt -m 0750 /data /config
-COPY --from=build /out/energy2mqtt /usr/local/bin/energy2mqtt
+# The notification sidecar comes along: `--entrypoint energy2mqtt-push`
+# runs it from the same image (docs/NOTIFICATIONS.md).
+COPY --from=build /out/energy2mqtt /out/energy2mqtt-push /usr/local/bin/
 COPY config/energy2mqtt.example.toml /usr/share/energy2mqtt/energy2mqtt.example.toml
 
 # State (energy counters, control.json, health.json) lives in /data; the
