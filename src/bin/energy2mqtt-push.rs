@@ -10,6 +10,7 @@
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -21,9 +22,11 @@ use energy2mqtt::config::{self, Config};
 use energy2mqtt::core::alerts::Level;
 use energy2mqtt::mqtt::payloads::{OFFLINE, ONLINE};
 use energy2mqtt::mqtt::topics::Topics;
+use energy2mqtt::push::http::{self, Api, TestReply};
 use energy2mqtt::push::notify::{self, ChannelState, Kind, Notification, Policy, Verdict, Watch};
+use energy2mqtt::push::send::Report;
 use energy2mqtt::push::subscriptions::Subscriptions;
-use energy2mqtt::push::vapid::VapidKey;
+use energy2mqtt::push::vapid::{VapidKey, audience_of};
 use energy2mqtt::push::webpush::{self, Outcome, Urgency};
 use energy2mqtt::push::{ntfy, send, telegram};
 use energy2mqtt::storage::Store;
@@ -136,12 +139,19 @@ impl Rules {
     }
 }
 
-/// Sends; owns the HTTP client, the key and the subscription list.
+/// A poisoned lock: a panic mid-update; the list is whole anyway (every
+/// change is one assignment).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Sends; owns the HTTP client and the key, shares the subscription list
+/// with the HTTP interface.
 struct Delivery {
     config: Config,
     http: reqwest::Client,
     vapid: VapidKey,
-    subs: Subscriptions,
+    subs: Arc<Mutex<Subscriptions>>,
     /// Rejections (400/401/403) already explained, so each is logged once.
     told: BTreeSet<String>,
 }
@@ -161,7 +171,7 @@ impl Delivery {
             config,
             http,
             vapid,
-            subs,
+            subs: Arc::new(Mutex::new(subs)),
             told: BTreeSet::new(),
         })
     }
@@ -176,8 +186,8 @@ impl Delivery {
         }
     }
 
-    /// Sends `job`; per channel a line of what happened.
-    async fn deliver(&mut self, job: &Job) -> Vec<(String, String)> {
+    /// Sends `job`; per channel what happened.
+    async fn deliver(&mut self, job: &Job) -> Vec<Report> {
         let n = &job.n;
         let mut report = Vec::new();
         if job.webpush {
@@ -189,7 +199,7 @@ impl Delivery {
             };
             let name = format!("ntfy {}/{}", ch.url.trim_end_matches('/'), ch.topic);
             let r = send::ntfy(&self.http, &ntfy::request(ch, n), send::Retry::DEFAULT).await;
-            report.push((name, format!("{r:?}")));
+            report.push(plain(name, &r));
         }
         for &i in &job.telegram {
             let Some(ch) = self.config.push.telegram.get(i) else {
@@ -199,10 +209,10 @@ impl Delivery {
             let name = format!("telegram {:?}", ch.chat_ids);
             let reqs = telegram::requests(ch, n, telegram::API);
             let r = send::telegram(&self.http, &reqs, send::Retry::DEFAULT).await;
-            report.push((name, format!("{r:?}")));
+            report.push(plain(name, &r));
         }
-        for (channel, result) in &report {
-            tracing::info!(%channel, tag = %n.tag, %result, "notification");
+        for r in &report {
+            tracing::info!(channel = %r.channel, tag = %n.tag, result = %r.result, "notification");
         }
         report
     }
@@ -236,14 +246,15 @@ impl Delivery {
         }
     }
 
-    async fn webpush(&mut self, n: &Notification) -> Vec<(String, String)> {
+    async fn webpush(&mut self, n: &Notification) -> Vec<Report> {
         let payload = n.payload(notify::MAX_PAYLOAD);
         let urgency = Urgency::for_level(n.level);
         let subject = self.config.push.vapid_subject.clone();
         let topic = webpush::is_topic(&n.tag).then_some(n.tag.as_str());
         let mut out = Vec::new();
-        for sub in self.subs.list().to_vec() {
-            let name = format!("webpush {}", origin(&sub.endpoint));
+        let list = lock(&self.subs).list().to_vec();
+        for sub in list {
+            let name = format!("webpush {}", audience_of(&sub.endpoint));
             let mut outcome = self
                 .push_one(&sub, &payload, urgency, subject.as_deref(), topic)
                 .await;
@@ -256,7 +267,7 @@ impl Delivery {
                     .await;
             }
             match &outcome {
-                Outcome::Gone => match self.subs.remove(&sub.endpoint) {
+                Outcome::Gone => match lock(&self.subs).remove(&sub.endpoint) {
                     Ok(_) => {
                         tracing::info!(channel = %name, "subscription gone (404/410): deleted")
                     }
@@ -267,18 +278,42 @@ impl Delivery {
                 }
                 _ => {}
             }
-            out.push((name, format!("{outcome:?}")));
+            out.push(Report {
+                channel: name,
+                ok: outcome == Outcome::Delivered,
+                result: format!("{outcome:?}"),
+            });
         }
         out
     }
 }
 
-/// Endpoints are capability URLs: log only their origin.
-fn origin(endpoint: &str) -> String {
-    url::Url::parse(endpoint)
-        .ok()
-        .and_then(|u| energy2mqtt::push::vapid::audience(&u))
-        .unwrap_or_else(|| "?".into())
+fn plain(channel: String, r: &send::Plain) -> Report {
+    Report {
+        channel,
+        ok: *r == send::Plain::Ok,
+        result: format!("{r:?}"),
+    }
+}
+
+/// The notification `test` and `POST /api/test` send.
+fn test_notification(link: Option<&str>) -> Notification {
+    Notification {
+        kind: Kind::Raise,
+        title: "energy2mqtt test".into(),
+        body: "If you read this, notifications reach you.".into(),
+        level: Level::Warning,
+        tag: "e2m-test".into(),
+        time: now_rfc3339(),
+        link: link.map(str::to_owned),
+        repeat: false,
+    }
+}
+
+/// What the delivery task is asked to do, in order.
+enum Work {
+    Job(Job),
+    Test(TestReply),
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
@@ -295,44 +330,95 @@ async fn run(config: Config) -> anyhow::Result<()> {
         true,
     ));
     let (client, mut eventloop) = AsyncClient::new(opts, 64);
-    let (alerts, events, state) = (
+    let (alerts, alerts_view, events, state) = (
         topics.alerts_event(),
+        topics.alerts(),
         topics.bridge_event(),
         topics.bridge_state(),
     );
     let mut rules = Rules::new(&config);
     let lost_after = config.push.device_lost_after;
     let reconnect_max = config.mqtt.reconnect_max;
+    let listen = config.push.listen;
+    let token = config.push.token.clone();
+    let link = config.push.public_url.clone();
     let mut delivery = Delivery::new(config)?;
+
+    // The HTTP interface first: a port already in use is a configuration
+    // problem to report at once, not after the broker answered.
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| {
+            format!("cannot listen on {listen}: set [push] listen to a free address")
+        })?;
+    let active = Arc::new(Mutex::new(http::no_alerts_yet()));
+    let (tests, mut test_queue) = tokio::sync::mpsc::channel::<TestReply>(4);
+    let api = Api::new(
+        delivery.subs.clone(),
+        delivery.vapid.application_server_key(),
+        token,
+        active.clone(),
+        tests,
+    );
+    let (stop_http, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        if let Err(e) = http::serve(listener, api, async {
+            let _ = stopped.await;
+        })
+        .await
+        {
+            tracing::error!(error = %e, "the HTTP interface stopped");
+        }
+    });
     tracing::info!(
+        %listen,
         key = %delivery.vapid.application_server_key(),
-        subscriptions = delivery.subs.list().len(),
+        subscriptions = lock(&delivery.subs).list().len(),
         ntfy = delivery.config.push.ntfy.len(),
         telegram = delivery.config.push.telegram.len(),
         "energy2mqtt-push started"
     );
     // Bounded: a flood of events waits here rather than growing memory.
-    let (jobs, mut queue) = tokio::sync::mpsc::channel::<Job>(64);
+    let (jobs, mut queue) = tokio::sync::mpsc::channel::<Work>(64);
+    let test_link = link.clone();
     let worker = tokio::spawn(async move {
-        while let Some(job) = queue.recv().await {
-            delivery.deliver(&job).await;
+        loop {
+            // Tests from the page go through the same task, so they queue
+            // behind (never overtake) notifications being sent.
+            let work = tokio::select! {
+                w = queue.recv() => match w {
+                    Some(w) => w,
+                    None => break,
+                },
+                Some(reply) = test_queue.recv() => Work::Test(reply),
+            };
+            match work {
+                Work::Job(job) => {
+                    delivery.deliver(&job).await;
+                }
+                Work::Test(reply) => {
+                    let job = delivery.all(test_notification(test_link.as_deref()));
+                    let _ = reply.send(delivery.deliver(&job).await);
+                }
+            }
         }
     });
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
     let mut watch = Watch::default();
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     let mut backoff = Duration::from_millis(500);
-    let link: Option<String> = None;
     loop {
         let mut found = Vec::new();
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
+            _ = &mut shutdown => break,
             _ = tick.tick() => {
                 found = notify::due_device_lost(&mut watch, lost_after, now_unix(), &now_rfc3339(), link.as_deref());
             }
             ev = eventloop.poll() => match ev {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     backoff = Duration::from_millis(500);
-                    for t in [&alerts, &events, &state] {
+                    for t in [&alerts, &alerts_view, &events, &state] {
                         client.subscribe(t.as_str(), QoS::AtLeastOnce).await?;
                     }
                     client.publish(topics.push_state(), QoS::AtLeastOnce, true, ONLINE).await?;
@@ -346,6 +432,13 @@ async fn run(config: Config) -> anyhow::Result<()> {
                     let now = now_rfc3339();
                     let n = if p.topic == alerts {
                         notify::from_alert_event(&v, &now, link.as_deref())
+                    } else if p.topic == alerts_view {
+                        // What the page shows; only an object with a list
+                        // replaces what we have.
+                        if v.get("active").is_some_and(serde_json::Value::is_array) {
+                            *lock(&active) = v;
+                        }
+                        None
                     } else if p.topic == events {
                         notify::from_bridge_event(&v, &mut watch, now_unix(), &now, link.as_deref())
                     } else if p.topic == state {
@@ -368,10 +461,11 @@ async fn run(config: Config) -> anyhow::Result<()> {
             if job.webpush || !job.ntfy.is_empty() || !job.telegram.is_empty() {
                 // Only fails once the worker is gone, which only the end of
                 // the process does.
-                let _ = jobs.send(job).await;
+                let _ = jobs.send(Work::Job(job)).await;
             }
         }
     }
+    let _ = stop_http.send(());
     let _ = client
         .publish(topics.push_state(), QoS::AtLeastOnce, true, OFFLINE)
         .await;
@@ -383,22 +477,30 @@ async fn run(config: Config) -> anyhow::Result<()> {
     })
     .await;
     let _ = tokio::time::timeout(Duration::from_secs(5), worker).await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), server).await;
     Ok(())
 }
 
+/// Ctrl-C, or SIGTERM (`docker stop`, systemd): the same clean exit.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
 async fn test(config: Config) -> anyhow::Result<bool> {
+    let link = config.push.public_url.clone();
     let mut delivery = Delivery::new(config)?;
-    let n = Notification {
-        kind: Kind::Raise,
-        title: "energy2mqtt test".into(),
-        body: "If you read this, notifications reach you.".into(),
-        level: Level::Warning,
-        tag: "e2m-test".into(),
-        time: now_rfc3339(),
-        link: None,
-        repeat: false,
-    };
-    let job = delivery.all(n);
+    let job = delivery.all(test_notification(link.as_deref()));
     let report = delivery.deliver(&job).await;
     if report.is_empty() {
         println!(
@@ -407,10 +509,14 @@ async fn test(config: Config) -> anyhow::Result<bool> {
         return Ok(false);
     }
     let mut ok = true;
-    for (channel, result) in &report {
-        let good = result == "Delivered" || result == "Ok";
-        ok &= good;
-        println!("{} {channel}: {result}", if good { "ok  " } else { "FAIL" });
+    for r in &report {
+        ok &= r.ok;
+        println!(
+            "{} {}: {}",
+            if r.ok { "ok  " } else { "FAIL" },
+            r.channel,
+            r.result
+        );
     }
     Ok(ok)
 }

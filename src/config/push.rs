@@ -22,6 +22,10 @@ pub struct PushConfig {
     /// PEM (PKCS#8 or SEC1) VAPID key; unset: generated and kept in `[storage] dir`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vapid_private_key_file: Option<PathBuf>,
+    /// Where users open the subscribe page (your HTTPS reverse proxy, e.g.
+    /// `https://e2m.example.net/`): the link a notification opens.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_url: Option<String>,
     /// `mailto:` or `https:` contact sent to push services (RFC 8292 `sub`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vapid_subject: Option<String>,
@@ -45,6 +49,7 @@ impl Default for PushConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8787)),
             token: None,
             vapid_private_key_file: None,
+            public_url: None,
             vapid_subject: None,
             min_level: Level::Warning,
             quiet_hours: None,
@@ -150,6 +155,16 @@ pub(super) fn check(p: &PushConfig) -> Vec<(String, String)> {
             );
         }
     }
+    if let Some(u) = &p.public_url {
+        if !url::Url::parse(u)
+            .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+        {
+            err(
+                "push.public_url",
+                format!("\"{u}\" is not an http(s) URL like https://e2m.example.net/"),
+            );
+        }
+    }
     if let Some(s) = &p.vapid_subject {
         let ok = (s.starts_with("mailto:") && s.len() > "mailto:".len() && s.contains('@'))
             || url::Url::parse(s).is_ok_and(|u| u.scheme() == "https" && u.host().is_some());
@@ -246,6 +261,7 @@ mod tests {
         let p = PushConfig {
             listen: "0.0.0.0:8787".parse().unwrap(),
             vapid_subject: Some("me@example.com".into()),
+            public_url: Some("e2m.local".into()),
             quiet_hours: Some("late".into()),
             ntfy: vec![NtfyConfig {
                 url: "ntfy.sh".into(),
@@ -264,6 +280,7 @@ mod tests {
             keys(&p),
             [
                 "push.token",
+                "push.public_url",
                 "push.vapid_subject",
                 "push.quiet_hours",
                 "push.ntfy[0].url",

@@ -2,6 +2,7 @@
 //! alert and bridge events in, Web Push / ntfy / Telegram out. The bridge
 //! itself uses none of this.
 
+pub mod http;
 pub mod notify;
 pub mod ntfy;
 pub mod send;

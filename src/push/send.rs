@@ -76,6 +76,17 @@ impl Retry {
     }
 }
 
+/// One channel's result of one delivery, as `test` and `POST /api/test`
+/// report it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Report {
+    /// `webpush <origin>`, `ntfy <server>/<topic>`, `telegram [<chat ids>]`:
+    /// never a secret nor a whole endpoint.
+    pub channel: String,
+    pub result: String,
+    pub ok: bool,
+}
+
 /// What an ntfy or Telegram server answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Plain {

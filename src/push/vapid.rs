@@ -198,6 +198,15 @@ pub fn audience(endpoint: &url::Url) -> Option<String> {
     }
 }
 
+/// The origin of an endpoint given as text, for logs: endpoints are
+/// capability URLs, so only their origin is ever written down.
+pub fn audience_of(endpoint: &str) -> String {
+    url::Url::parse(endpoint)
+        .ok()
+        .and_then(|u| audience(&u))
+        .unwrap_or_else(|| "?".into())
+}
+
 fn stored_path(dir: &Path) -> PathBuf {
     dir.join(format!("{STORE_NAME}.json"))
 }
