@@ -1,6 +1,6 @@
 #!/bin/sh
 # Builds Mosquitto's password file from the stack's secret files, then
-# starts Mosquitto. Users: energy2mqtt, telegraf, homeassistant; each
+# starts Mosquitto. Users: energy2mqtt, telegraf, homeassistant, push; each
 # password comes from /run/secrets/mqtt_<user>_password (docker compose
 # secrets, made by ../scripts/make-secrets.sh). A missing secret stops the
 # broker with a message instead of starting it without that user.
@@ -12,7 +12,7 @@ mkdir -p "$run_dir"
 passwd="$run_dir/passwd"
 umask 077
 : > "$passwd.plain"
-for user in energy2mqtt telegraf homeassistant; do
+for user in energy2mqtt telegraf homeassistant push; do
     file="$secrets_dir/mqtt_${user}_password"
     if [ ! -s "$file" ]; then
         echo "entrypoint: $file is missing or empty (run scripts/make-secrets.sh)" >&2

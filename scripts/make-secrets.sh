@@ -7,6 +7,7 @@
 # Then:
 #   docker compose up -d                      # broker + bridge
 #   docker compose --profile history up -d    # + Telegraf, InfluxDB, Grafana
+#   docker compose --profile push up -d       # + the notification sidecar
 set -eu
 
 dir="${1:-secrets}"
@@ -22,6 +23,7 @@ for name in \
     mqtt_energy2mqtt_password \
     mqtt_telegraf_password \
     mqtt_homeassistant_password \
+    mqtt_push_password \
     tapo_password \
     influxdb_admin_password \
     influxdb_telegraf_password \

@@ -296,6 +296,61 @@ async fn the_stacks_mosquitto_lets_each_user_do_only_its_part() {
     );
     drop((bridge, telegraf, ha));
 
+    // The notification sidecar's user reads the alerts and the bridge's
+    // events and state, and writes only its own state.
+    let push_pw = pw("push");
+    let mut push = login(port, Some(("push", &push_pw)))
+        .await
+        .expect("the sidecar's user logs in");
+    push.sub("energy2mqtt/#").await;
+    let mut bridge = login(port, Some(("energy2mqtt", &bridge_pw)))
+        .await
+        .expect("the bridge's user logs in");
+    bridge.sub("energy2mqtt/#").await;
+    let _ = bridge.topics_within(Duration::from_millis(300)).await;
+    for t in [
+        "energy2mqtt/alerts/event",
+        "energy2mqtt/bridge/event",
+        "energy2mqtt/alerts",
+        "energy2mqtt/boiler/set",
+    ] {
+        bridge.publish(t, "{}", false).await;
+    }
+    let seen = push.topics_within(Duration::from_millis(700)).await;
+    for t in [
+        "energy2mqtt/alerts/event",
+        "energy2mqtt/bridge/event",
+        "energy2mqtt/alerts",
+    ] {
+        assert!(
+            seen.contains(&t.to_owned()),
+            "push does not read {t}: {seen:?}"
+        );
+    }
+    assert!(
+        !seen
+            .iter()
+            .any(|t| t == "energy2mqtt/boiler" || t.ends_with("/set")),
+        "push reads more than it needs: {seen:?}"
+    );
+    push.publish("energy2mqtt/push/state", r#"{"state":"online"}"#, true)
+        .await;
+    push.publish("energy2mqtt/boiler/set", "OFF", false).await;
+    let heard = bridge.topics_within(Duration::from_millis(700)).await;
+    assert!(
+        heard.contains(&"energy2mqtt/push/state".to_owned()),
+        "{heard:?}"
+    );
+    assert_eq!(
+        heard
+            .iter()
+            .filter(|t| *t == "energy2mqtt/boiler/set")
+            .count(),
+        1,
+        "only the bridge's own command, none from push: {heard:?}"
+    );
+    drop((bridge, push));
+
     // The bridge end to end against it, as its user: HA sees the plug and
     // switches it.
     let sim = TapoSim::start(
@@ -421,7 +476,7 @@ async fn health_says_whether_the_bridge_runs_and_is_connected() {
 }
 
 #[test]
-fn docker_compose_validates_both_profiles() {
+fn docker_compose_validates_every_profile() {
     if !install_checks() {
         return;
     }
@@ -429,6 +484,7 @@ fn docker_compose_validates_both_profiles() {
     for args in [
         &["config", "-q"][..],
         &["--profile", "history", "config", "-q"],
+        &["--profile", "push", "config", "-q"],
     ] {
         let out = Command::new(&compose)
             .args(args)
@@ -438,11 +494,16 @@ fn docker_compose_validates_both_profiles() {
         assert!(out.status.success(), "docker-compose {args:?}: {out:?}");
     }
     let out = Command::new(&compose)
-        .args(["--profile", "history", "config"])
+        .args(["--profile", "history", "--profile", "push", "config"])
         .current_dir(repo_path(""))
         .output()
         .expect("docker-compose");
     let text = String::from_utf8_lossy(&out.stdout);
+    // The sidecar runs from the bridge's image, as the push user.
+    assert!(
+        text.contains("energy2mqtt-push:") && text.contains("E2M_MQTT__USERNAME: push"),
+        "{text}"
+    );
     // Pinned images only, and no password in the file itself.
     for line in text
         .lines()
@@ -515,21 +576,35 @@ fn the_systemd_unit_verifies() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
+    let push_unit = std::fs::read_to_string(repo_path("contrib/systemd/energy2mqtt-push.service"))
+        .unwrap()
+        .replace("/usr/local/bin/energy2mqtt-push", PUSH_BIN);
     let unit = std::fs::read_to_string(repo_path("contrib/systemd/energy2mqtt.service"))
         .unwrap()
         .replace("/usr/local/bin/energy2mqtt", BIN);
-    let path = write_file(dir.path(), "energy2mqtt.service", &unit);
-    let out = Command::new(tool("systemd-analyze"))
-        .arg("verify")
-        .arg(&path)
-        .output()
-        .expect("systemd-analyze");
-    assert!(out.status.success(), "{out:?}");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !stderr.contains("energy2mqtt.service"),
-        "warnings about the unit: {stderr}"
-    );
+    for (name, text) in [
+        ("energy2mqtt.service", &unit),
+        ("energy2mqtt-push.service", &push_unit),
+    ] {
+        let path = write_file(dir.path(), name, text);
+        let out = Command::new(tool("systemd-analyze"))
+            .arg("verify")
+            .arg(&path)
+            .output()
+            .expect("systemd-analyze");
+        assert!(out.status.success(), "{name}: {out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains(name), "warnings about {name}: {stderr}");
+    }
+    for key in [
+        "StateDirectory=energy2mqtt",
+        "ExecStart=",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "RestartPreventExitStatus=2",
+    ] {
+        assert!(push_unit.contains(key), "energy2mqtt-push.service: {key}");
+    }
     for key in [
         "StateDirectory=energy2mqtt",
         "ConfigurationDirectory=energy2mqtt",

@@ -174,6 +174,19 @@ fn the_page_subscribes_this_browser_in_a_real_chromium() {
         http_get(listen, "/api/alerts")
             .is_some_and(|(_, b)| serde_json::from_str::<Value>(&b).ok() == Some(active.clone()))
     });
+    // The container health check: running, page up, connected.
+    let health = || {
+        Command::new(PUSH_BIN)
+            .arg("--config")
+            .arg(&cfg)
+            .arg("health")
+            .output()
+            .expect("health")
+    };
+    let out = health();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("connected to the broker"));
+
     let (_, key) = http_get(listen, "/api/vapid-public-key").expect("key");
     let key: Value = serde_json::from_str(&key).expect("key JSON");
     let key = key["key"].as_str().expect("key").to_owned();
@@ -228,7 +241,10 @@ fn the_page_subscribes_this_browser_in_a_real_chromium() {
         seen["serviceWorker"]["scope"],
         format!("http://127.0.0.1:{listen}/")
     );
-    assert_eq!(seen["stateBefore"], "Notifications are off for this device.");
+    assert_eq!(
+        seen["stateBefore"],
+        "Notifications are off for this device."
+    );
 
     // The subscribe button: the sidecar's key went to the push manager,
     // the subscription to the sidecar.
@@ -296,5 +312,14 @@ fn the_page_subscribes_this_browser_in_a_real_chromium() {
     assert!(
         !console.iter().any(|l| l.starts_with("pageerror")),
         "{console:?}"
+    );
+
+    // Without a sidecar, the health check fails and says why.
+    drop(_sidecar);
+    let out = health();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("nothing answers"),
+        "{out:?}"
     );
 }

@@ -51,6 +51,9 @@ enum Command {
     Test,
     /// Print the VAPID applicationServerKey (compare it with the original app's).
     PublicKey,
+    /// Exit 0 when a running sidecar answers on [push] listen and is
+    /// connected to the broker (container health checks).
+    Health,
 }
 
 /// How long a push service keeps a message for a phone that is offline.
@@ -360,6 +363,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         active.clone(),
         tests,
     );
+    let connected = api.connected();
     let (stop_http, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {
         if let Err(e) = http::serve(listener, api, async {
@@ -418,6 +422,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
             ev = eventloop.poll() => match ev {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     backoff = Duration::from_millis(500);
+                    connected.store(true, std::sync::atomic::Ordering::Relaxed);
                     for t in [&alerts, &alerts_view, &events, &state] {
                         client.subscribe(t.as_str(), QoS::AtLeastOnce).await?;
                     }
@@ -450,6 +455,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
                 }
                 Ok(_) => {}
                 Err(e) => {
+                    connected.store(false, std::sync::atomic::Ordering::Relaxed);
                     tracing::warn!(error = %e, "MQTT connection lost; retrying in {backoff:?}");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(reconnect_max);
@@ -493,6 +499,46 @@ async fn shutdown_signal() {
         }
         Err(_) => {
             let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// `health`: GET /healthz on our own listen address.
+async fn health(config: &Config) -> anyhow::Result<bool> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut addr = config.push.listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(if addr.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    let answer = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        s.write_all(b"GET /healthz HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            .await?;
+        let mut buf = Vec::new();
+        s.take(4096).read_to_end(&mut buf).await?;
+        std::io::Result::Ok(String::from_utf8_lossy(&buf).into_owned())
+    })
+    .await;
+    match answer {
+        Ok(Ok(text)) if text.starts_with("HTTP/1.0 200") || text.starts_with("HTTP/1.1 200") => {
+            println!("energy2mqtt-push on {addr}: connected to the broker");
+            Ok(true)
+        }
+        Ok(Ok(_)) => {
+            eprintln!("energy2mqtt-push on {addr} runs but is not connected to the broker");
+            Ok(false)
+        }
+        Ok(Err(e)) => {
+            eprintln!("nothing answers on {addr}: {e}");
+            Ok(false)
+        }
+        Err(_) => {
+            eprintln!("no answer from {addr} within 5 s");
+            Ok(false)
         }
     }
 }
@@ -551,6 +597,7 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             None => run(config).await.map(|()| true),
             Some(Command::Test) => test(config).await,
+            Some(Command::Health) => health(&config).await,
             Some(Command::PublicKey) => {
                 let key = VapidKey::load_or_generate(
                     config.push.vapid_private_key_file.as_deref(),

@@ -8,6 +8,7 @@
 //! `Authorization: Bearer <token>`; the static files carry no secret and
 //! are served to anyone who can reach the port.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -59,6 +60,7 @@ pub struct Api {
     token: Option<Secret>,
     alerts: Arc<Mutex<Value>>,
     tester: mpsc::Sender<TestReply>,
+    connected: Arc<AtomicBool>,
 }
 
 impl Api {
@@ -78,7 +80,13 @@ impl Api {
             token,
             alerts,
             tester,
+            connected: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// Set by the MQTT loop; what `/healthz` reports.
+    pub fn connected(&self) -> Arc<AtomicBool> {
+        self.connected.clone()
     }
 
     fn authorized(&self, headers: &HeaderMap) -> bool {
@@ -162,6 +170,7 @@ pub fn router(api: Api) -> Router {
         )
         .route("/api/test", post(test))
         .route("/api/alerts", get(alerts))
+        .route("/healthz", get(healthz))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such page") })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(api)
@@ -314,6 +323,20 @@ async fn alerts(State(api): State<Api>, headers: HeaderMap) -> Response {
     }
     let v = lock(&api.alerts).clone();
     axum::Json(v).into_response()
+}
+
+/// For the container's health check (`energy2mqtt-push health`): no
+/// token, nothing but whether the broker connection is up.
+async fn healthz(State(api): State<Api>) -> Response {
+    if api.connected.load(Ordering::Relaxed) {
+        axum::Json(json!({ "mqtt": "connected" })).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({ "mqtt": "not connected" })),
+        )
+            .into_response()
+    }
 }
 
 /// Serves until `shutdown` resolves.

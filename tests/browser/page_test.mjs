@@ -101,22 +101,23 @@ try {
       origin, registrationId: registrations[0].registrationId, data: JSON.stringify(data),
     });
   };
-  const shown = () => page.evaluate(async () => {
+  // Polled inside the page until the expected body is shown, and the list
+  // as of that moment returned: headless Chromium's notification store
+  // settles a moment after showNotification resolves.
+  const shownWith = (body) => page.evaluate(async (want) => {
     const r = await navigator.serviceWorker.ready;
-    return (await r.getNotifications()).map((n) => ({ title: n.title, body: n.body, tag: n.tag }));
-  });
+    let list = [];
+    for (let i = 0; i < 100; i++) {
+      list = (await r.getNotifications()).map((n) => ({ title: n.title, body: n.body, tag: n.tag }));
+      if (list.some((n) => n.body === want)) break;
+      await new Promise((ok) => setTimeout(ok, 100));
+    }
+    return list;
+  }, body);
   await push(input.raise);
-  await page.waitForFunction(async () => {
-    const r = await navigator.serviceWorker.ready;
-    return (await r.getNotifications()).length > 0;
-  }, null, { timeout: 15000, polling: 200 });
-  out.notificationsAfterRaise = await shown();
+  out.notificationsAfterRaise = await shownWith(input.raise.body);
   await push(input.clear);
-  await page.waitForFunction(async (body) => {
-    const r = await navigator.serviceWorker.ready;
-    return (await r.getNotifications()).some((n) => n.body === body);
-  }, input.clear.body, { timeout: 15000, polling: 200 });
-  out.notificationsAfterClear = await shown();
+  out.notificationsAfterClear = await shownWith(input.clear.body);
 
   out.alertsText = await page.textContent('#alerts-state');
   out.alerts = await page.$$eval('#alerts li', (lis) => lis.map((li) => li.className + ': ' + li.firstChild.textContent));
