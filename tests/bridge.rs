@@ -441,7 +441,35 @@ async fn stale_discovery_is_cleared_and_foreign_configs_are_kept() {
 async fn demo_runs_the_embedded_broker_and_the_bridge() {
     let port = free_port();
     let data = tempfile::tempdir().unwrap();
-    let config = write_file(data.path(), "demo.toml", &demo_config_on_free_ports());
+    // With the interop venv, the notification sidecar rides along: the
+    // fake push service + ntfy server, one browser subscription in the
+    // demo's storage dir, and a [push] section in the demo's config.
+    let fake = interop_python("demo push end to end", FAKE_PUSH_PIP).map(|py| FakePush::start(&py));
+    let mut demo_toml = demo_config_on_free_ports();
+    if let Some(fake) = &fake {
+        std::fs::write(
+            data.path().join("push-subscriptions.json"),
+            serde_json::to_vec(&json!([fake.subscriptions["ok"]])).unwrap(),
+        )
+        .unwrap();
+        // The drift alert (cell_delta_error) is an error; the default
+        // min_level, warning, admits it on both channels.
+        demo_toml.push_str(&format!(
+            r#"
+
+[push]
+listen = "127.0.0.1:{listen}"
+vapid_subject = "mailto:demo@example.com"
+
+[[push.ntfy]]
+url = "http://127.0.0.1:{fake}/ntfy"
+topic = "e2m-demo"
+"#,
+            listen = free_port(),
+            fake = fake.port,
+        ));
+    }
+    let config = write_file(data.path(), "demo.toml", &demo_toml);
     let child = std::process::Command::new(BIN)
         .arg("demo")
         .arg("--config")
@@ -487,6 +515,26 @@ async fn demo_runs_the_embedded_broker_and_the_bridge() {
         }
     }
     let mut c = c.unwrap_or_else(|| panic!("the demo's broker listens; log:\n{}", log()));
+    // The sidecar reads the demo's file with the demo's environment, so it
+    // finds the embedded broker and the storage dir the same way.
+    let push_log = data.path().join("push.log");
+    let sidecar = fake.as_ref().map(|_| {
+        KillOnDrop(
+            std::process::Command::new(PUSH_BIN)
+                .arg("--config")
+                .arg(&config)
+                .env_clear()
+                .env("E2M_STORAGE__DIR", data.path())
+                .env("E2M_BROKER__LISTEN", format!("127.0.0.1:{port}"))
+                .env("E2M_PUSH__LISTEN", format!("127.0.0.1:{}", free_port()))
+                .env("E2M_LOG__LEVEL", "debug")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::fs::File::create(&push_log).expect("push log file"))
+                .spawn()
+                .expect("start energy2mqtt-push"),
+        )
+    });
+    let push_log = || std::fs::read_to_string(&push_log).unwrap_or_default();
     // Generous: in a loaded test run the demo's simulators and the bridge
     // start on two busy cores.
     let (mut online_seen, mut version) = (false, false);
@@ -508,10 +556,23 @@ async fn demo_runs_the_embedded_broker_and_the_bridge() {
     }
     assert!(online_seen, "bridge online in the demo; log:\n{}", log());
     assert!(version, "the bridge's discovery in the demo");
+    if sidecar.is_some() {
+        // Long before the drift alert (30 s + 15 s rise + 60 s for_secs).
+        let mut w = Client::connect(port, &["energy2mqtt/push/state"]).await;
+        let up = w.expect(WAIT * 2, |m| m.json()["state"] == "online").await;
+        assert!(
+            up.is_some(),
+            "energy2mqtt-push online; log:\n{}",
+            push_log()
+        );
+    }
 
     // The dinner-time scenario: within two minutes a plug is shed, then
     // restored; a cell drift raises and clears an imbalance alert.
     let (mut shed, mut restored, mut raised, mut cleared) = (None, None, false, false);
+    // The drift alert's events as the bridge published them, for the push
+    // assertions.
+    let (mut raise_event, mut clear_event) = (None, None);
     let started = std::time::Instant::now();
     while !(shed.is_some() && restored.is_some() && raised && cleared)
         && started.elapsed() < Duration::from_secs(240)
@@ -533,11 +594,19 @@ async fn demo_runs_the_embedded_broker_and_the_bridge() {
         }
         if v["rule"] == "cell_delta_error" && v["event_type"] == "raise" {
             raised = true;
+            raise_event.get_or_insert(v.clone());
         }
         if v["rule"] == "cell_delta_error" && v["event_type"] == "clear" && raised {
             cleared = true;
+            clear_event.get_or_insert(v.clone());
         }
     }
+    // The sidecar got the clear from the demo's broker when we did: give
+    // it the moment it needs to deliver before the broker goes away.
+    let pushed = match (&fake, &clear_event) {
+        (Some(fake), Some(clear)) => Some(wait_for_drift_pushes(fake, clear).await),
+        _ => None,
+    };
     drop(child);
     let (at, event) = shed.unwrap_or_else(|| panic!("the demo sheds a plug; log:\n{}", log()));
     assert!(at < Duration::from_secs(120), "shed after {at:?}");
@@ -547,6 +616,151 @@ async fn demo_runs_the_embedded_broker_and_the_bridge() {
     assert!(
         raised && cleared,
         "imbalance alert raised {raised}, cleared {cleared}"
+    );
+    if let Some(fake) = &fake {
+        let (raise, clear) = (raise_event.unwrap(), clear_event.unwrap());
+        let messages = pushed.unwrap_or_default();
+        check_drift_pushes(&messages, &raise, &clear, fake.port, &push_log());
+    } else {
+        eprintln!("demo without energy2mqtt-push: no interop venv");
+    }
+}
+
+const DRIFT_TAG: &str = "cell_delta_error-battery1";
+
+/// The fake's messages once it holds the drift alert's clear on ntfy,
+/// the last of its four deliveries (one in-order queue: Web Push, then
+/// ntfy), or after 20 s, for the assertions to explain.
+async fn wait_for_drift_pushes(
+    fake: &FakePush,
+    clear: &serde_json::Value,
+) -> Vec<serde_json::Value> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let m = fake.messages();
+        let done = m
+            .iter()
+            .any(|x| x["channel"] == "ntfy" && x["body"] == clear["message"]);
+        if done || std::time::Instant::now() > deadline {
+            // A moment more: a duplicate would show up now.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            return fake.messages();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The decrypted Web Push notifications tagged as the drift alert, with
+/// the fake's record.
+fn drift_webpush(m: &[serde_json::Value]) -> Vec<(serde_json::Value, serde_json::Value)> {
+    m.iter()
+        .filter(|x| x["channel"] == "webpush" && x["status"] == 201)
+        .filter_map(|x| {
+            let shown: serde_json::Value = serde_json::from_str(x["plaintext"].as_str()?).ok()?;
+            (shown["tag"] == DRIFT_TAG).then(|| (shown, x.clone()))
+        })
+        .collect()
+}
+
+/// The drift alert's raise, then its clear, each exactly once on Web Push
+/// (decrypted by http_ece, VAPID verified) and on ntfy.
+fn check_drift_pushes(
+    m: &[serde_json::Value],
+    raise: &serde_json::Value,
+    clear: &serde_json::Value,
+    fake_port: u16,
+    log: &str,
+) {
+    let context = || format!("fake push service saw:\n{m:#?}\nsidecar log:\n{log}");
+    assert_eq!(raise["level"], "error", "{raise}");
+    assert_eq!(raise["device"], "battery1", "{raise}");
+    assert_eq!(raise["device_name"], "Battery 1 (simulated)", "{raise}");
+    let (raise_msg, clear_msg) = (raise["message"].as_str(), clear["message"].as_str());
+    assert!(raise_msg.is_some_and(|s| !s.is_empty()), "{raise}");
+    assert!(clear_msg.is_some_and(|s| !s.is_empty()), "{clear}");
+    assert_ne!(raise_msg, clear_msg);
+    // Every push was signed with a key the fake could verify.
+    assert!(m.iter().all(|x| x["status"] != 401), "{}", context());
+
+    let webpush = drift_webpush(m);
+    assert_eq!(webpush.len(), 2, "one raise and one clear; {}", context());
+    let ((r, r_rec), (c, c_rec)) = (&webpush[0], &webpush[1]);
+    assert_eq!(
+        *r,
+        json!({"kind": "raise", "title": "Error: Battery 1 (simulated)",
+               "body": raise["message"], "level": "error", "tag": DRIFT_TAG,
+               "time": raise["at"]}),
+        "{}",
+        context()
+    );
+    assert_eq!(
+        *c,
+        json!({"kind": "clear", "title": "Cleared: Battery 1 (simulated)",
+               "body": clear["message"], "level": "error", "tag": DRIFT_TAG,
+               "time": clear["at"]}),
+        "{}",
+        context()
+    );
+    for rec in [r_rec, c_rec] {
+        assert_eq!(rec["sub"], "ok");
+        assert_eq!(rec["urgency"], "normal");
+        assert_eq!(rec["topic"], DRIFT_TAG);
+        assert_eq!(rec["encoding"], "aes128gcm");
+        assert_eq!(
+            rec["claims"]["aud"],
+            format!("http://127.0.0.1:{fake_port}")
+        );
+        assert_eq!(rec["claims"]["sub"], "mailto:demo@example.com");
+    }
+    assert!(
+        c_rec["at"].as_f64() > r_rec["at"].as_f64(),
+        "clear after raise; {}",
+        context()
+    );
+
+    let ntfy = |body: Option<&str>| -> Vec<&serde_json::Value> {
+        m.iter()
+            .filter(|x| x["channel"] == "ntfy" && x["body"].as_str() == body)
+            .collect()
+    };
+    let (nr, nc) = (ntfy(raise_msg), ntfy(clear_msg));
+    assert_eq!(
+        (nr.len(), nc.len()),
+        (1, 1),
+        "ntfy raise, clear; {}",
+        context()
+    );
+    for (x, title, priority, tags) in [
+        (
+            nr[0],
+            "Error: Battery 1 (simulated)",
+            "4",
+            "warning,energy2mqtt",
+        ),
+        (
+            nc[0],
+            "Cleared: Battery 1 (simulated)",
+            "2",
+            "white_check_mark,energy2mqtt",
+        ),
+    ] {
+        assert_eq!(x["method"], "POST");
+        assert_eq!(x["path"], "/ntfy/e2m-demo");
+        assert_eq!(x["headers"]["title"], title, "{x}");
+        assert_eq!(x["headers"]["priority"], priority, "{x}");
+        assert_eq!(x["headers"]["tags"], tags, "{x}");
+    }
+    assert!(nc[0]["at"].as_f64() > nr[0]["at"].as_f64(), "{}", context());
+    let notified: Vec<String> = m
+        .iter()
+        .filter_map(|x| match x["channel"].as_str()? {
+            "ntfy" => Some(format!("ntfy {}", x["headers"]["title"])),
+            _ => Some(format!("webpush {}", x["plaintext"].as_str()?)),
+        })
+        .collect();
+    eprintln!(
+        "the demo's notifications, Web Push (decrypted) and ntfy:\n  {}",
+        notified.join("\n  ")
     );
 }
 

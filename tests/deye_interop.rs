@@ -2,6 +2,8 @@
 //! Deye tools are built on: proof that the simulator speaks real V5, so
 //! the bridge's tests against it mean something.
 
+mod support;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -12,28 +14,8 @@ use energy2mqtt::sim::solarman::SolarmanSim;
 
 const SERIAL: u32 = 2_712_345_678;
 
-/// The interpreter with pysolarmanv5: `E2M_INTEROP_PYTHON`, else the venv
-/// `.ci/run` makes. Under CI it must be there.
-fn interop_python() -> Option<PathBuf> {
-    let p = std::env::var_os("E2M_INTEROP_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv-interop/bin/python")
-        });
-    if p.exists() {
-        return Some(p);
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "CI=true but there is no interop venv at {} (.ci/run installs pysolarmanv5 there)",
-        p.display()
-    );
-    eprintln!(
-        "pysolarmanv5 interop test not run: no venv at {} (python3 -m venv .venv-interop && .venv-interop/bin/pip install pysolarmanv5==3.0.6)",
-        p.display()
-    );
-    None
-}
+/// What tests/interop/pysolarmanv5_client.py needs in the interop venv.
+const PYSOLARMANV5: &str = "pysolarmanv5==3.0.6";
 
 fn model() -> InverterModel {
     InverterModel::new(
@@ -108,7 +90,8 @@ fn check(out: &serde_json::Value) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pysolarmanv5_reads_and_writes_the_simulator() {
-    let Some(python) = interop_python() else {
+    let python = support::interop_python("pysolarmanv5 interop test", PYSOLARMANV5);
+    let Some(python) = python else {
         return;
     };
     let sim = SolarmanSim::start(SocketAddr::from(([127, 0, 0, 1], 0)), SERIAL, model())
@@ -120,7 +103,8 @@ async fn pysolarmanv5_reads_and_writes_the_simulator() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pysolarmanv5_copes_with_the_simulated_quirks() {
-    let Some(python) = interop_python() else {
+    let python = support::interop_python("pysolarmanv5 interop test", PYSOLARMANV5);
+    let Some(python) = python else {
         return;
     };
     let sim = SolarmanSim::start(SocketAddr::from(([127, 0, 0, 1], 0)), SERIAL, model())

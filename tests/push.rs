@@ -18,27 +18,6 @@ use support::{Broker, BrokerKind};
 const PUSH_BIN: &str = env!("CARGO_BIN_EXE_energy2mqtt-push");
 const FAKE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/fake_push.py");
 
-fn interop_python() -> Option<PathBuf> {
-    let p = std::env::var_os("E2M_INTEROP_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv-interop/bin/python")
-        });
-    if p.exists() {
-        return Some(p);
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "CI=true but there is no interop venv at {} (.ci/run installs http_ece there)",
-        p.display()
-    );
-    eprintln!(
-        "push interop test not run: no venv at {} (python3 -m venv .venv-interop && .venv-interop/bin/pip install http_ece==1.2.1 cryptography==50.0.2)",
-        p.display()
-    );
-    None
-}
-
 /// Kills the child when the test ends, however it ends.
 struct Reaped(Child);
 impl Drop for Reaped {
@@ -158,7 +137,8 @@ token = "tk_test"
 
 #[test]
 fn alerts_reach_an_independent_push_service_and_ntfy() {
-    let Some(python) = interop_python() else {
+    let python = support::interop_python("push interop test", support::FAKE_PUSH_PIP);
+    let Some(python) = python else {
         return;
     };
     let dir = tempfile::tempdir().expect("tempdir");

@@ -469,5 +469,88 @@ pub fn write_file(dir: &Path, name: &str, content: &str) -> PathBuf {
     p
 }
 
+/// The interpreter of the interop venv (`E2M_INTEROP_PYTHON`, else the
+/// `.venv-interop` that `.ci/run` makes), for tests against independent
+/// Python implementations. `None`, said on stderr, when it is missing;
+/// under `CI=true` a missing venv fails the test. `what` names the test
+/// for that message, `pip` what to install.
+pub fn interop_python(what: &str, pip: &str) -> Option<PathBuf> {
+    let p = std::env::var_os("E2M_INTEROP_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_path(".venv-interop/bin/python"));
+    if p.exists() {
+        return Some(p);
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "CI=true but there is no interop venv at {} (.ci/run installs {pip} there)",
+        p.display()
+    );
+    eprintln!(
+        "{what} not run: no venv at {} (python3 -m venv .venv-interop && .venv-interop/bin/pip install {pip})",
+        p.display()
+    );
+    None
+}
+
+/// What tests/interop/fake_push.py needs.
+pub const FAKE_PUSH_PIP: &str = "http_ece==1.2.1 cryptography==50.0.2";
+
+pub const PUSH_BIN: &str = env!("CARGO_BIN_EXE_energy2mqtt-push");
+
+/// tests/interop/fake_push.py `serve`: a push service that decrypts with
+/// `http_ece` and checks VAPID with `cryptography`, and an ntfy server,
+/// on a free loopback port; killed when dropped.
+pub struct FakePush {
+    child: Child,
+    pub port: u16,
+    /// `{"ok": <PushSubscription JSON>, "gone": …, "busy": …, "small": …}`.
+    pub subscriptions: serde_json::Value,
+}
+
+impl FakePush {
+    pub fn start(python: &Path) -> Self {
+        use std::io::BufRead;
+        let mut child = Command::new(python)
+            .arg(repo_path("tests/interop/fake_push.py"))
+            .arg("serve")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the fake push service");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("the fake's first line");
+        let info: serde_json::Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("the fake's JSON line {line:?}: {e}"));
+        Self {
+            child,
+            port: info["port"].as_u64().expect("port") as u16,
+            subscriptions: info["subscriptions"].clone(),
+        }
+    }
+
+    /// Everything it received so far, in order (GET /messages).
+    pub fn messages(&self) -> Vec<serde_json::Value> {
+        use std::io::Read;
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
+            return Vec::new();
+        };
+        let _ = write!(s, "GET /messages HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+        let mut buf = String::new();
+        let _ = s.read_to_string(&mut buf);
+        buf.split_once("\r\n\r\n")
+            .and_then(|(_, body)| serde_json::from_str(body).ok())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for FakePush {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 #[cfg(feature = "ble")]
 pub mod fake_bluez;
