@@ -1094,6 +1094,7 @@ fn every_key() -> Config {
             listen: "127.0.0.1:8787".parse().unwrap(),
             token: Some(Secret::new("t")),
             vapid_private_key_file: Some("/vapid.pem".into()),
+            public_url: Some("https://e2m.example.net/".into()),
             vapid_subject: Some("mailto:a@b".into()),
             min_level: Level::Error,
             quiet_hours: Some("22:00-07:00".into()),
@@ -1108,6 +1109,7 @@ fn every_key() -> Config {
                 bot_token: Secret::new("1:a"),
                 chat_ids: vec![1],
                 min_level: Level::Error,
+                api_url: "https://api.telegram.org".into(),
             }],
         },
     }

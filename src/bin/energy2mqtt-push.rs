@@ -210,7 +210,7 @@ impl Delivery {
             };
             // The bot token is a secret: the channel is named by its chats.
             let name = format!("telegram {:?}", ch.chat_ids);
-            let reqs = telegram::requests(ch, n, telegram::API);
+            let reqs = telegram::requests(ch, n);
             let r = send::telegram(&self.http, &reqs, send::Retry::DEFAULT).await;
             report.push(plain(name, &r));
         }

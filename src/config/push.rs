@@ -87,6 +87,13 @@ pub struct TelegramConfig {
     pub chat_ids: Vec<i64>,
     #[serde(default = "default_level")]
     pub min_level: Level,
+    /// The Bot API server: Telegram's, or a self-hosted `telegram-bot-api`.
+    #[serde(default = "default_telegram_api")]
+    pub api_url: String,
+}
+
+fn default_telegram_api() -> String {
+    crate::push::telegram::API.to_owned()
 }
 
 fn default_level() -> Level {
@@ -224,6 +231,17 @@ pub(super) fn check(p: &PushConfig) -> Vec<(String, String)> {
                 "is not a bot token like 123456789:AAE... (from @BotFather)".into(),
             );
         }
+        if !url::Url::parse(&t.api_url)
+            .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+        {
+            err(
+                &format!("push.telegram[{i}].api_url"),
+                format!(
+                    "\"{}\" is not an http(s) URL like https://api.telegram.org",
+                    t.api_url
+                ),
+            );
+        }
         if t.chat_ids.is_empty() {
             err(
                 &format!("push.telegram[{i}].chat_ids"),
@@ -273,6 +291,7 @@ mod tests {
                 bot_token: Secret::new("nope"),
                 chat_ids: vec![],
                 min_level: Level::Warning,
+                api_url: "api.telegram.org".into(),
             }],
             ..PushConfig::default()
         };
@@ -286,6 +305,7 @@ mod tests {
                 "push.ntfy[0].url",
                 "push.ntfy[0].topic",
                 "push.telegram[0].bot_token",
+                "push.telegram[0].api_url",
                 "push.telegram[0].chat_ids",
             ]
         );
@@ -297,6 +317,7 @@ mod tests {
                 bot_token: Secret::new("123456:AAE-x_y"),
                 chat_ids: vec![42],
                 min_level: Level::Critical,
+                api_url: default_telegram_api(),
             }],
             ..PushConfig::default()
         };

@@ -245,6 +245,7 @@ mod tests {
             bot_token: crate::config::Secret::new("123:ABC"),
             chat_ids: vec![42],
             min_level: crate::core::alerts::Level::Warning,
+            api_url: format!("http://127.0.0.1:{port}"),
         };
         let n = crate::push::notify::Notification {
             kind: crate::push::notify::Kind::Raise,
@@ -256,7 +257,11 @@ mod tests {
             link: None,
             repeat: false,
         };
-        let reqs = crate::push::telegram::requests(&ch, &n, &format!("http://127.0.0.1:{port}"));
+        let ch = crate::config::TelegramConfig {
+            api_url: format!("http://127.0.0.1:{port}"),
+            ..ch.clone()
+        };
+        let reqs = crate::push::telegram::requests(&ch, &n);
         assert_eq!(telegram(&client(), &reqs, FAST).await, Plain::Ok);
         let seen = seen.await.unwrap();
         assert_eq!(seen.len(), 2, "one retry after the 503");
@@ -280,7 +285,11 @@ mod tests {
 
         // Always 5xx: MAX_ATTEMPTS tries, then it gives up.
         let (port, seen) = fake(vec![500; FAST.attempts as usize]).await;
-        let reqs = crate::push::telegram::requests(&ch, &n, &format!("http://127.0.0.1:{port}"));
+        let ch = crate::config::TelegramConfig {
+            api_url: format!("http://127.0.0.1:{port}"),
+            ..ch.clone()
+        };
+        let reqs = crate::push::telegram::requests(&ch, &n);
         assert_eq!(
             telegram(&client(), &reqs, FAST).await,
             Plain::Failed("Telegram answered 500".into())
@@ -292,7 +301,11 @@ mod tests {
 
         // 4xx is not retried and names the keys to check.
         let (port, seen) = fake(vec![401]).await;
-        let reqs = crate::push::telegram::requests(&ch, &n, &format!("http://127.0.0.1:{port}"));
+        let ch = crate::config::TelegramConfig {
+            api_url: format!("http://127.0.0.1:{port}"),
+            ..ch.clone()
+        };
+        let reqs = crate::push::telegram::requests(&ch, &n);
         let Plain::Rejected(why) = telegram(&client(), &reqs, FAST).await else {
             panic!("a 401 is a rejection")
         };

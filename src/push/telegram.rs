@@ -39,10 +39,10 @@ pub fn text(n: &Notification) -> String {
 
 /// `(url, JSON body)` of each `sendMessage`, one per chat. The URL holds
 /// the bot token: never log it.
-pub fn requests(channel: &TelegramConfig, n: &Notification, api: &str) -> Vec<(String, Value)> {
+pub fn requests(channel: &TelegramConfig, n: &Notification) -> Vec<(String, Value)> {
     let url = format!(
         "{}/bot{}/sendMessage",
-        api.trim_end_matches('/'),
+        channel.api_url.trim_end_matches('/'),
         channel.bot_token.expose()
     );
     let text = text(n);
@@ -104,8 +104,9 @@ mod tests {
             bot_token: Secret::new("123:ABC"),
             chat_ids: vec![42, -1001],
             min_level: Level::Warning,
+            api_url: "http://127.0.0.1:9/".into(),
         };
-        let r = requests(&ch, &note(Kind::Clear, "back"), "http://127.0.0.1:9/");
+        let r = requests(&ch, &note(Kind::Clear, "back"));
         assert_eq!(r.len(), 2);
         assert_eq!(r[0].0, "http://127.0.0.1:9/bot123:ABC/sendMessage");
         assert_eq!(r[0].1["chat_id"], 42);
