@@ -10,7 +10,9 @@ are verified with `cryptography`.
 
 Endpoints: POST /push/ok (201), /push/gone (410), /push/busy (429 with
 Retry-After: 1 once, then 201), /push/small (413 over 2200 bytes, a service
-with a smaller limit); POST /ntfy/<topic>; GET /messages.
+with a smaller limit); POST /ntfy/<topic>; POST
+/telegram/bot<token>/sendMessage (the Bot API: JSON in, {"ok": true} out;
+the very first request answers 502, to see the sender retry); GET /messages.
 """
 
 import base64
@@ -120,6 +122,24 @@ class Handler(BaseHTTPRequestHandler):
                                  "headers": {k.lower(): v for k, v in self.headers.items()}, "body": body.decode(),
                                  "at": now})
             self.reply(200, b"{}")
+            return
+        if self.path.startswith("/telegram/"):
+            with LOCK:
+                first = not any(m["channel"] == "telegram" for m in MESSAGES)
+                status = 502 if first else 200
+                try:
+                    parsed = json.loads(body)
+                except ValueError:
+                    parsed = None
+                MESSAGES.append({"channel": "telegram", "method": self.command, "path": self.path,
+                                 "headers": {k.lower(): v for k, v in self.headers.items()},
+                                 "json": parsed, "status": status, "at": now})
+            if status == 200:
+                self.reply(200, b'{"ok": true, "result": {"message_id": 1}}',
+                           [("Content-Type", "application/json")])
+            else:
+                self.reply(502, b'{"ok": false, "error_code": 502, "description": "Bad Gateway"}',
+                           [("Content-Type", "application/json")])
             return
         name = self.path[len("/push/"):] if self.path.startswith("/push/") else None
         if name not in SUBS:
