@@ -7,7 +7,6 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -25,31 +24,6 @@ impl Drop for Reaped {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn messages(port: u16) -> Vec<Value> {
-    let out = Command::new("curl")
-        .args(["-s", &format!("http://127.0.0.1:{port}/messages")])
-        .output();
-    // Without curl, fall back to a raw HTTP/1.0 GET.
-    let text = match out {
-        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).into_owned(),
-        _ => raw_get(port, "/messages"),
-    };
-    serde_json::from_str(&text).unwrap_or_default()
-}
-
-fn raw_get(port: u16, path: &str) -> String {
-    use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return String::new();
-    };
-    let _ = write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
-    let mut buf = String::new();
-    let _ = s.read_to_string(&mut buf);
-    buf.split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default()
 }
 
 fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
@@ -106,6 +80,7 @@ fn wait_online(port: u16, base: &str) {
 
 fn write_config(dir: &Path, broker: u16, fake: u16, pem: &Path) -> PathBuf {
     let cfg = dir.join("e2m.toml");
+    let listen = support::free_port();
     std::fs::write(
         &cfg,
         format!(
@@ -119,6 +94,7 @@ base_topic = "e2mtest"
 dir = "{data}"
 
 [push]
+listen = "127.0.0.1:{listen}"
 vapid_private_key_file = "{pem}"
 vapid_subject = "mailto:test@example.com"
 
@@ -162,20 +138,9 @@ fn alerts_reach_an_independent_push_service_and_ntfy() {
             .contains("BEGIN EC PRIVATE KEY")
     );
 
-    let mut fake = Command::new(&python)
-        .arg(FAKE)
-        .arg("serve")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start the fake push service");
-    let mut line = String::new();
-    BufReader::new(fake.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("the fake's first line");
-    let _fake = Reaped(fake);
-    let info: Value = serde_json::from_str(&line).expect("the fake's JSON line");
-    let fake_port = info["port"].as_u64().expect("port") as u16;
-    let subs = &info["subscriptions"];
+    let fake = support::FakePush::start(&python);
+    let fake_port = fake.port;
+    let subs = &fake.subscriptions;
 
     let broker = Broker::start(BrokerKind::Embedded);
     let cfg = write_config(dir.path(), broker.port, fake_port, &pem);
@@ -238,13 +203,13 @@ fn alerts_reach_an_independent_push_service_and_ntfy() {
             .count()
     };
     wait_for("the raise on ok and busy", Duration::from_secs(20), || {
-        let m = messages(fake_port);
+        let m = fake.messages();
         delivered(&m, "ok") == 1 && delivered(&m, "busy") == 1
     });
     // The clear comes after the raise (same tag: it replaces it).
     publish(broker.port, "e2mtest/alerts/event", &clear);
     wait_for("the clear", Duration::from_secs(20), || {
-        let m = messages(fake_port);
+        let m = fake.messages();
         delivered(&m, "ok") == 2 && m.iter().filter(|x| x["channel"] == "ntfy").count() == 2
     });
 
@@ -255,10 +220,10 @@ fn alerts_reach_an_independent_push_service_and_ntfy() {
     long["message"] = json!("x".repeat(3000));
     publish(broker.port, "e2mtest/alerts/event", &long);
     wait_for("the long alert", Duration::from_secs(20), || {
-        let m = messages(fake_port);
+        let m = fake.messages();
         delivered(&m, "ok") == 3 && delivered(&m, "small") == 3
     });
-    let m = messages(fake_port);
+    let m = fake.messages();
     let small: Vec<&Value> = m.iter().filter(|x| x["sub"] == "small").collect();
     assert_eq!(
         small
@@ -393,7 +358,7 @@ fn alerts_reach_an_independent_push_service_and_ntfy() {
         ],
         "{stdout}"
     );
-    let m = messages(fake_port);
+    let m = fake.messages();
     let test_pushes = m
         .iter()
         .filter(|x| {
@@ -404,4 +369,168 @@ fn alerts_reach_an_independent_push_service_and_ntfy() {
         })
         .count();
     assert_eq!(test_pushes, 3, "{m:#?}");
+}
+
+/// The sidecar's `/healthz` says it is connected (its own process: a
+/// retained `push/state` could still be the previous instance's).
+fn wait_connected(listen: u16) {
+    wait_for("the sidecar connected", Duration::from_secs(20), || {
+        use std::io::{Read, Write};
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", listen)) else {
+            return false;
+        };
+        let _ = write!(s, "GET /healthz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+        let mut buf = String::new();
+        let _ = s.read_to_string(&mut buf);
+        buf.starts_with("HTTP/1.1 200") || buf.starts_with("HTTP/1.0 200")
+    });
+}
+
+#[test]
+fn a_clear_after_a_restart_still_reaches_every_channel_and_telegram_gets_the_bot_api_call() {
+    let Some(python) = support::interop_python("push restart test", support::FAKE_PUSH_PIP) else {
+        return;
+    };
+    let fake = support::FakePush::start(&python);
+    let broker = Broker::start(BrokerKind::Embedded);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(
+        data.join("push-subscriptions.json"),
+        serde_json::to_vec(&json!([fake.subscriptions["ok"]])).unwrap(),
+    )
+    .unwrap();
+    let listen = support::free_port();
+    let cfg = dir.path().join("e2m.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+[mqtt]
+url = "mqtt://127.0.0.1:{broker}"
+client_id = "e2m-push-restart"
+base_topic = "e2mrestart"
+
+[storage]
+dir = "{data}"
+
+[push]
+listen = "127.0.0.1:{listen}"
+vapid_subject = "https://e2m.example.net/contact"
+
+[[push.ntfy]]
+url = "http://127.0.0.1:{fake}/ntfy"
+topic = "e2m-alerts"
+
+[[push.telegram]]
+bot_token = "123456:ABC-def_1"
+chat_ids = [42]
+api_url = "http://127.0.0.1:{fake}/telegram"
+"#,
+            broker = broker.port,
+            fake = fake.port,
+            data = data.display(),
+        ),
+    )
+    .unwrap();
+    let start = || {
+        Command::new(PUSH_BIN)
+            .arg("--config")
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start energy2mqtt-push")
+    };
+    let mut first = Reaped(start());
+    wait_connected(listen);
+
+    let raise = json!({"kind": "raise", "event_type": "raise", "rule": "cell_delta_error",
+        "family": "cell_delta", "level": "error", "device": "battery1", "device_name": "Battery 1",
+        "value": 0.052, "threshold": 0.05, "message": "Battery 1: cell delta 0.052 V is above 0.050 V",
+        "at": "2026-12-01T18:04:00Z", "repeat": false, "notify": true});
+    let mut clear = raise.clone();
+    clear["kind"] = json!("clear");
+    clear["event_type"] = json!("clear");
+    clear["message"] = json!("Battery 1: cell delta 0.031 V is back at or below 0.040 V");
+    publish(broker.port, "e2mrestart/alerts/event", &raise);
+    let count = |m: &[Value], channel: &str| m.iter().filter(|x| x["channel"] == channel).count();
+    wait_for(
+        "the raise on every channel",
+        Duration::from_secs(20),
+        || {
+            let m = fake.messages();
+            // Telegram: the fake answers its very first request 502.
+            count(&m, "webpush") == 1 && count(&m, "ntfy") == 1 && count(&m, "telegram") == 2
+        },
+    );
+
+    // Killed (no clean exit: the memory was saved when it changed), then
+    // started again; the clear arrives for the new process.
+    let _ = first.0.kill();
+    let _ = first.0.wait();
+    let _second = Reaped(start());
+    wait_connected(listen);
+    publish(broker.port, "e2mrestart/alerts/event", &clear);
+    wait_for(
+        "the clear on every channel",
+        Duration::from_secs(20),
+        || {
+            let m = fake.messages();
+            count(&m, "webpush") == 2 && count(&m, "ntfy") == 2 && count(&m, "telegram") == 3
+        },
+    );
+    let m = fake.messages();
+    let pushes: Vec<Value> = m
+        .iter()
+        .filter(|x| x["channel"] == "webpush")
+        .map(|x| {
+            let plain = x["plaintext"].as_str();
+            serde_json::from_str(plain.unwrap_or_else(|| panic!("not decrypted: {x}"))).unwrap()
+        })
+        .collect();
+    assert_eq!(pushes[0]["kind"], "raise");
+    assert_eq!(pushes[1]["kind"], "clear");
+    assert_eq!(
+        pushes[1]["tag"], pushes[0]["tag"],
+        "the clear replaces the raise"
+    );
+    assert_eq!(pushes[1]["tag"], "cell_delta_error-battery1");
+
+    // The Bot API call: method, path with the token, JSON body; the 502
+    // was retried with the same request.
+    let tg: Vec<&Value> = m.iter().filter(|x| x["channel"] == "telegram").collect();
+    assert_eq!(
+        tg.iter()
+            .map(|x| x["status"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        [502, 200, 200]
+    );
+    for x in &tg {
+        assert_eq!(x["method"], "POST");
+        assert_eq!(x["path"], "/telegram/bot123456:ABC-def_1/sendMessage");
+        assert!(
+            x["headers"]["content-type"]
+                .as_str()
+                .unwrap()
+                .starts_with("application/json"),
+            "{x}"
+        );
+    }
+    assert_eq!(tg[0]["json"], tg[1]["json"]);
+    assert_eq!(
+        tg[1]["json"],
+        json!({"chat_id": 42, "parse_mode": "MarkdownV2", "disable_notification": false,
+               "text": "*Error: Battery 1*\nBattery 1: cell delta 0\\.052 V is above 0\\.050 V"})
+    );
+    assert_eq!(tg[2]["json"]["disable_notification"], true);
+    assert_eq!(
+        tg[2]["json"]["text"],
+        "*Cleared: Battery 1*\nBattery 1: cell delta 0\\.031 V is back at or below 0\\.040 V"
+    );
+    // The memory on disk names channels, never the bot token.
+    let saved = std::fs::read_to_string(data.join("push-channels.json")).unwrap();
+    assert!(saved.contains("telegram [42]"), "{saved}");
+    assert!(!saved.contains("ABC-def"), "{saved}");
 }

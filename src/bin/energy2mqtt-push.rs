@@ -23,6 +23,7 @@ use energy2mqtt::core::alerts::Level;
 use energy2mqtt::mqtt::payloads::{OFFLINE, ONLINE};
 use energy2mqtt::mqtt::topics::Topics;
 use energy2mqtt::push::http::{self, Api, TestReply};
+use energy2mqtt::push::memory::{self, Memory};
 use energy2mqtt::push::notify::{self, ChannelState, Kind, Notification, Policy, Verdict, Watch};
 use energy2mqtt::push::send::Report;
 use energy2mqtt::push::subscriptions::Subscriptions;
@@ -81,63 +82,113 @@ struct Job {
     telegram: Vec<usize>,
 }
 
-/// The channel rules' memory, owned by the MQTT loop.
-struct Rules {
+/// One channel's rules: its name (the key of its memory), least level
+/// and state.
+struct Channel {
+    name: String,
     min_level: Level,
+    state: ChannelState,
+}
+
+/// The channel rules' memory, owned by the MQTT loop, saved (by
+/// [`saver`]) whenever it changed so that a restart keeps it.
+struct Rules {
     quiet: Option<QuietHours>,
-    webpush: ChannelState,
-    ntfy: Vec<(Level, ChannelState)>,
-    telegram: Vec<(Level, ChannelState)>,
+    webpush: Channel,
+    ntfy: Vec<Channel>,
+    telegram: Vec<Channel>,
 }
 
 impl Rules {
-    fn new(config: &Config) -> Self {
+    fn new(config: &Config, mut memory: Memory) -> Self {
         let push = &config.push;
+        let mut channel = |name: String, min_level| Channel {
+            state: memory.take(&name),
+            name,
+            min_level,
+        };
         Self {
-            min_level: push.min_level,
             // Validated with the configuration already.
             quiet: push
                 .quiet_hours
                 .as_deref()
                 .and_then(|q| QuietHours::parse(q).ok()),
-            webpush: ChannelState::default(),
+            webpush: channel(memory::WEBPUSH.into(), push.min_level),
             ntfy: push
                 .ntfy
                 .iter()
-                .map(|c| (c.min_level, ChannelState::default()))
+                .map(|c| channel(memory::ntfy_name(c), c.min_level))
                 .collect(),
             telegram: push
                 .telegram
                 .iter()
-                .map(|c| (c.min_level, ChannelState::default()))
+                .map(|c| channel(memory::telegram_name(c), c.min_level))
                 .collect(),
         }
     }
 
-    fn decide(&mut self, n: Notification) -> Job {
+    fn memory(&self) -> Memory {
+        let mut m = Memory::default();
+        for c in std::iter::once(&self.webpush)
+            .chain(&self.ntfy)
+            .chain(&self.telegram)
+        {
+            m.put(c.name.clone(), c.state.clone());
+        }
+        m
+    }
+
+    /// The channels that take `n`, and whether the memory changed.
+    fn decide(&mut self, n: Notification) -> (Job, bool) {
         let (now, minute) = (now_unix(), local_minute());
         let quiet = self.quiet;
-        let admit = |min_level, state: &mut ChannelState| {
-            let verdict = notify::admit(&n, &Policy { min_level, quiet }, state, now, minute);
-            if verdict != Verdict::Send {
-                tracing::debug!(tag = %n.tag, ?verdict, "not sent on a channel");
+        let mut changed = false;
+        let mut admit = |c: &mut Channel| {
+            let policy = Policy {
+                min_level: c.min_level,
+                quiet,
+            };
+            let verdict = notify::admit(&n, &policy, &mut c.state, now, minute);
+            if verdict == Verdict::Send {
+                changed = true;
+            } else {
+                tracing::debug!(tag = %n.tag, channel = %c.name, ?verdict, "not sent on a channel");
             }
             verdict == Verdict::Send
         };
-        let webpush = admit(self.min_level, &mut self.webpush);
-        let pick = |list: &mut Vec<(Level, ChannelState)>| {
-            list.iter_mut()
-                .enumerate()
-                .filter_map(|(i, (level, state))| admit(*level, state).then_some(i))
-                .collect::<Vec<_>>()
-        };
-        let ntfy = pick(&mut self.ntfy);
-        let telegram = pick(&mut self.telegram);
-        Job {
+        let webpush = admit(&mut self.webpush);
+        let ntfy = self
+            .ntfy
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(i, c)| admit(c).then_some(i))
+            .collect();
+        let telegram = self
+            .telegram
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(i, c)| admit(c).then_some(i))
+            .collect();
+        let job = Job {
             n,
             webpush,
             ntfy,
             telegram,
+        };
+        (job, changed)
+    }
+}
+
+/// Saves the latest memory, off the async task (the store fsyncs), one
+/// write at a time, so an older snapshot never overwrites a newer one.
+async fn saver(store: Store, mut latest: tokio::sync::watch::Receiver<Memory>) {
+    while latest.changed().await.is_ok() {
+        let m = latest.borrow_and_update().clone();
+        let store = store.clone();
+        match tokio::task::spawn_blocking(move || store.save(memory::STORE_NAME, &m)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot save the channels' memory"),
+            Err(e) => tracing::warn!(error = %e, "cannot save the channels' memory"),
         }
     }
 }
@@ -200,7 +251,7 @@ impl Delivery {
             let Some(ch) = self.config.push.ntfy.get(i) else {
                 continue;
             };
-            let name = format!("ntfy {}/{}", ch.url.trim_end_matches('/'), ch.topic);
+            let name = memory::ntfy_name(ch);
             let r = send::ntfy(&self.http, &ntfy::request(ch, n), send::Retry::DEFAULT).await;
             report.push(plain(name, &r));
         }
@@ -209,7 +260,7 @@ impl Delivery {
                 continue;
             };
             // The bot token is a secret: the channel is named by its chats.
-            let name = format!("telegram {:?}", ch.chat_ids);
+            let name = memory::telegram_name(ch);
             let reqs = telegram::requests(ch, n);
             let r = send::telegram(&self.http, &reqs, send::Retry::DEFAULT).await;
             report.push(plain(name, &r));
@@ -339,7 +390,14 @@ async fn run(config: Config) -> anyhow::Result<()> {
         topics.bridge_event(),
         topics.bridge_state(),
     );
-    let mut rules = Rules::new(&config);
+    let store = Store::new(&config.storage.dir);
+    let (remembered, unreadable) = Memory::load(&store);
+    if let Some(e) = unreadable {
+        tracing::warn!(error = %e, "the channels' memory is unreadable: starting without it");
+    }
+    let mut rules = Rules::new(&config, remembered);
+    let (remember, latest) = tokio::sync::watch::channel(rules.memory());
+    let saving = tokio::spawn(saver(store, latest));
     let lost_after = config.push.device_lost_after;
     let reconnect_max = config.mqtt.reconnect_max;
     let listen = config.push.listen;
@@ -382,6 +440,11 @@ async fn run(config: Config) -> anyhow::Result<()> {
         telegram = delivery.config.push.telegram.len(),
         "energy2mqtt-push started"
     );
+    if delivery.config.push.vapid_subject.is_none() {
+        tracing::warn!(
+            "[push] vapid_subject is not set: Apple's push service (Safari, iPhone) refuses pushes without it; set it to mailto:you@example.com"
+        );
+    }
     // Bounded: a flood of events waits here rather than growing memory.
     let (jobs, mut queue) = tokio::sync::mpsc::channel::<Work>(64);
     let test_link = link.clone();
@@ -463,7 +526,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
             }
         }
         for n in found {
-            let job = rules.decide(n);
+            let (job, changed) = rules.decide(n);
+            if changed {
+                let _ = remember.send(rules.memory());
+            }
             if job.webpush || !job.ntfy.is_empty() || !job.telegram.is_empty() {
                 // Only fails once the worker is gone, which only the end of
                 // the process does.
@@ -484,6 +550,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
     .await;
     let _ = tokio::time::timeout(Duration::from_secs(5), worker).await;
     let _ = tokio::time::timeout(Duration::from_secs(1), server).await;
+    // The last snapshot on disk before we go.
+    drop(remember);
+    let _ = tokio::time::timeout(Duration::from_secs(2), saving).await;
     Ok(())
 }
 

@@ -231,10 +231,21 @@ async fn subscribe(State(api): State<Api>, headers: HeaderMap, body: Bytes) -> R
         }
     };
     let origin = super::vapid::audience_of(&sub.endpoint);
-    let result = lock(&api.subs).add(sub);
+    // The store fsyncs: off the async task.
+    let subs = api.subs.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        let mut list = lock(&subs);
+        list.add(sub).map(|changed| (changed, list.list().len()))
+    })
+    .await;
+    let Ok(result) = result else {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the subscription was not saved",
+        );
+    };
     match result {
-        Ok(changed) => {
-            let n = lock(&api.subs).list().len();
+        Ok((changed, n)) => {
             if changed {
                 tracing::info!(%origin, subscriptions = n, "browser subscribed");
             }
@@ -271,7 +282,15 @@ async fn unsubscribe(State(api): State<Api>, headers: HeaderMap, body: Bytes) ->
             );
         }
     };
-    let result = lock(&api.subs).remove(&req.endpoint);
+    let subs = api.subs.clone();
+    let endpoint = req.endpoint.clone();
+    let result = tokio::task::spawn_blocking(move || lock(&subs).remove(&endpoint)).await;
+    let Ok(result) = result else {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the subscriptions were not saved",
+        );
+    };
     match result {
         Ok(removed) => {
             if removed {

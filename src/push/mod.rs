@@ -3,6 +3,7 @@
 //! itself uses none of this.
 
 pub mod http;
+pub mod memory;
 pub mod notify;
 pub mod ntfy;
 pub mod send;

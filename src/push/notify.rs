@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::config::push::QuietHours;
@@ -341,7 +341,8 @@ pub struct Policy {
 
 /// One channel's memory: the tags it showed and not yet cleared, and when
 /// it last sent (for the rate limit).
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ChannelState {
     pub active: BTreeSet<String>,
     pub sent: VecDeque<i64>,
