@@ -8,34 +8,13 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use support::{Broker, BrokerKind};
+use support::{Broker, BrokerKind, PUSH_BIN, Reaped, wait_until};
 
-const PUSH_BIN: &str = env!("CARGO_BIN_EXE_energy2mqtt-push");
 const FAKE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/fake_push.py");
-
-/// Kills the child when the test ends, however it ends.
-struct Reaped(Child);
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("timed out waiting for {what}");
-}
 
 fn publish(port: u16, topic: &str, payload: &Value) {
     let mut opts =
@@ -202,13 +181,13 @@ fn alerts_reach_an_independent_push_service_and_ntfy() {
             .filter(|x| x["sub"] == sub && x["status"] == 201)
             .count()
     };
-    wait_for("the raise on ok and busy", Duration::from_secs(20), || {
+    wait_until("the raise on ok and busy", Duration::from_secs(20), || {
         let m = fake.messages();
         delivered(&m, "ok") == 1 && delivered(&m, "busy") == 1
     });
     // The clear comes after the raise (same tag: it replaces it).
     publish(broker.port, "e2mtest/alerts/event", &clear);
-    wait_for("the clear", Duration::from_secs(20), || {
+    wait_until("the clear", Duration::from_secs(20), || {
         let m = fake.messages();
         delivered(&m, "ok") == 2 && m.iter().filter(|x| x["channel"] == "ntfy").count() == 2
     });
@@ -219,7 +198,7 @@ fn alerts_reach_an_independent_push_service_and_ntfy() {
     long["rule"] = json!("cell_drift");
     long["message"] = json!("x".repeat(3000));
     publish(broker.port, "e2mtest/alerts/event", &long);
-    wait_for("the long alert", Duration::from_secs(20), || {
+    wait_until("the long alert", Duration::from_secs(20), || {
         let m = fake.messages();
         delivered(&m, "ok") == 3 && delivered(&m, "small") == 3
     });
@@ -374,7 +353,7 @@ fn alerts_reach_an_independent_push_service_and_ntfy() {
 /// The sidecar's `/healthz` says it is connected (its own process: a
 /// retained `push/state` could still be the previous instance's).
 fn wait_connected(listen: u16) {
-    wait_for("the sidecar connected", Duration::from_secs(20), || {
+    wait_until("the sidecar connected", Duration::from_secs(20), || {
         use std::io::{Read, Write};
         let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", listen)) else {
             return false;
@@ -456,7 +435,7 @@ api_url = "http://127.0.0.1:{fake}/telegram"
     clear["message"] = json!("Battery 1: cell delta 0.031 V is back at or below 0.040 V");
     publish(broker.port, "e2mrestart/alerts/event", &raise);
     let count = |m: &[Value], channel: &str| m.iter().filter(|x| x["channel"] == channel).count();
-    wait_for(
+    wait_until(
         "the raise on every channel",
         Duration::from_secs(20),
         || {
@@ -473,7 +452,7 @@ api_url = "http://127.0.0.1:{fake}/telegram"
     let _second = Reaped(start());
     wait_connected(listen);
     publish(broker.port, "e2mrestart/alerts/event", &clear);
-    wait_for(
+    wait_until(
         "the clear on every channel",
         Duration::from_secs(20),
         || {

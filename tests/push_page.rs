@@ -21,13 +21,14 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::{Broker, BrokerKind, FakePush, free_port, interop_python, repo_path};
-
-const PUSH_BIN: &str = env!("CARGO_BIN_EXE_energy2mqtt-push");
+use support::{
+    Broker, BrokerKind, FakePush, PUSH_BIN, Reaped, free_port, interop_python, repo_path,
+    wait_until,
+};
 
 /// Chromium, node and playwright-core, or why not.
 fn browser() -> Option<(PathBuf, PathBuf)> {
@@ -59,14 +60,6 @@ fn browser() -> Option<(PathBuf, PathBuf)> {
     None
 }
 
-struct Reaped(Child);
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
@@ -77,17 +70,6 @@ fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let status = buf.split(' ').nth(1)?.parse().ok()?;
     let body = buf.split_once("\r\n\r\n")?.1.to_owned();
     Some((status, body))
-}
-
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("timed out waiting for {what}");
 }
 
 fn publish_retained(port: u16, topic: &str, payload: &Value) {
@@ -167,10 +149,10 @@ fn the_page_subscribes_this_browser_in_a_real_chromium() {
         .expect("start energy2mqtt-push");
     let _sidecar = Reaped(sidecar);
     let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
-    wait_for("the sidecar's page", Duration::from_secs(20), || {
+    wait_until("the sidecar's page", Duration::from_secs(20), || {
         http_get(listen, "/").is_some_and(|(s, _)| s == 200)
     });
-    wait_for("the retained alerts", Duration::from_secs(20), || {
+    wait_until("the retained alerts", Duration::from_secs(20), || {
         http_get(listen, "/api/alerts")
             .is_some_and(|(_, b)| serde_json::from_str::<Value>(&b).ok() == Some(active.clone()))
     });
