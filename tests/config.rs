@@ -310,6 +310,10 @@ fn reserved_device_id() {
 
     let toml = "[[bms]]\nid = \"bridge\"\nmac = \"C8:47:80:12:AB:34\"\n";
     expect_error(&load_err(toml, &[]), "bms[0].id", "'bridge' is reserved");
+
+    // The sidecar's `push/state` lives there.
+    let toml = "[[bms]]\nid = \"push\"\nmac = \"C8:47:80:12:AB:34\"\n";
+    expect_error(&load_err(toml, &[]), "bms[0].id", "'push' is reserved");
 }
 
 #[test]

@@ -8,7 +8,15 @@ use super::load::{ConfigError, ConfigErrors};
 use super::{Config, InverterTransport};
 
 /// Device ids that would collide with the bridge's own topics.
-pub const RESERVED_IDS: &[&str] = &["bridge", "balancer", "alerts", "homeassistant", "site"];
+/// Topic levels of the bridge's own (and the push sidecar's `push/state`).
+pub const RESERVED_IDS: &[&str] = &[
+    "bridge",
+    "balancer",
+    "alerts",
+    "homeassistant",
+    "site",
+    "push",
+];
 
 /// Loopback, also written as an IPv4-mapped IPv6 address (`::ffff:127.0.0.1`).
 pub fn is_loopback(ip: std::net::IpAddr) -> bool {
