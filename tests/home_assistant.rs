@@ -62,7 +62,38 @@ const WATCHED_LOGGERS: &[&str] = &[
     "homeassistant.components.recorder",
     "homeassistant.helpers.device_registry",
     "homeassistant.helpers.entity_registry",
+    // The notification blueprints' automations, which also see the
+    // demo's own alert and bridge events.
+    "homeassistant.components.automation",
+    "homeassistant.components.blueprint",
+    "homeassistant.components.script",
+    "homeassistant.helpers.script",
+    "homeassistant.components.notify",
+    "homeassistant.components.persistent_notification",
 ];
+
+/// The Home Assistant blueprints (docs/NOTIFICATIONS.md), as
+/// `blueprints/automation/energy2mqtt/` of HA's config dir holds them.
+const BLUEPRINT_DIR: &str = "ha-discovery/blueprints/automation/energy2mqtt";
+const BLUEPRINTS: &[&str] = &["alert_notifications.yaml", "balancer_notifications.yaml"];
+/// The repository's URL (repository.yaml, addon/config.yaml).
+const REPO_URL: &str = "https://github.com/energy2mqtt/energy2mqtt";
+
+/// A stand-in for a phone's notify action (`notify.mobile_app_…`): a
+/// script the blueprints call like one, which keeps what it got (title,
+/// message and the companion app's `data`) as a persistent notification
+/// `capture-<tag>`, the message as JSON.
+const CAPTURE_SCRIPT: &str = r#"e2m_capture:
+  alias: e2m capture
+  mode: queued
+  sequence:
+    - action: persistent_notification.create
+      data:
+        notification_id: >-
+          capture-{{ data.tag if data is defined and data is mapping and data.tag is defined else 'none' }}
+        title: "{{ title | default('') }}"
+        message: "{{ {'message': message | default(none), 'data': data | default(none)} | to_json }}"
+"#;
 
 /// The binary under test; `E2M_HA_BRIDGE_BIN` points at a copy, so that
 /// a rebuild during a long run does not swap it.
@@ -203,10 +234,26 @@ recorder:
 energy:
 logger:
   default: warning
+automation: !include automations.yaml
+script: !include scripts.yaml
+notify:
 ",
             db = config.join("home-assistant_v2.db").display()
         );
         std::fs::write(config.join("configuration.yaml"), yaml).expect("configuration.yaml");
+        // The blueprints, where a manual install puts them; the
+        // automations made from them are written once MQTT is set up.
+        let blueprints = config.join("blueprints/automation/energy2mqtt");
+        std::fs::create_dir_all(&blueprints).expect("blueprints dir");
+        for file in BLUEPRINTS {
+            std::fs::copy(
+                repo(&format!("{BLUEPRINT_DIR}/{file}")),
+                blueprints.join(file),
+            )
+            .unwrap_or_else(|e| panic!("copy blueprint {file}: {e}"));
+        }
+        std::fs::write(config.join("automations.yaml"), "[]\n").expect("automations.yaml");
+        std::fs::write(config.join("scripts.yaml"), CAPTURE_SCRIPT).expect("scripts.yaml");
         Self {
             python,
             config,
@@ -668,6 +715,462 @@ fn ha_python() -> Option<PathBuf> {
     Some(python)
 }
 
+// ------------------------------------------------- notification blueprints
+
+/// `HH:MM:SS` (UTC, Home Assistant's time zone here) of a unix time.
+fn hms(secs: u64) -> String {
+    let s = secs % 86_400;
+    format!("{:02}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+}
+
+/// "2024.10.0" → [2024, 10, 0].
+fn version(v: &str) -> Vec<u32> {
+    v.split('.')
+        .map(|p| p.parse().unwrap_or(u32::MAX))
+        .collect()
+}
+
+/// The automations made from the blueprints, as automations.yaml holds
+/// them (JSON is YAML), each on its own base topic except where the
+/// default is tested:
+///
+/// * alerts with every default (base topic `energy2mqtt`, every level,
+///   clears replacing, reminders sent, no quiet hours);
+/// * alerts on `e2m-quiet`, clears removing, quiet hours around `now`
+///   (only critical passes), and without the domain in one action name;
+/// * alerts on `e2m-critical`, critical only, no reminders;
+/// * the balancer with its default events.
+///
+/// They send to Home Assistant's own notifications and (but the critical
+/// one) to the capture script, a phone's stand-in.
+fn notification_automations(now: u64) -> Value {
+    let targets = json!(["notify.persistent_notification", "script.e2m_capture"]);
+    let alerts =
+        |input: Value| json!({"path": "energy2mqtt/alert_notifications.yaml", "input": input});
+    json!([
+        {"id": "e2m_alerts_replace", "alias": "energy2mqtt alerts (replace)",
+         "use_blueprint": alerts(json!({"notify_actions": targets}))},
+        {"id": "e2m_alerts_remove", "alias": "energy2mqtt alerts (remove, quiet)",
+         "use_blueprint": alerts(json!({"base_topic": "e2m-quiet",
+                                        "notify_actions": ["persistent_notification", "script.e2m_capture"],
+                                        "clear_mode": "remove",
+                                        "quiet_start": hms(now + 86_400 - 7200),
+                                        "quiet_end": hms(now + 7200)}))},
+        {"id": "e2m_alerts_critical", "alias": "energy2mqtt alerts (critical only)",
+         "use_blueprint": alerts(json!({"base_topic": "e2m-critical",
+                                        "notify_actions": ["notify.persistent_notification"],
+                                        "min_level": "critical",
+                                        "send_reminders": false}))},
+        {"id": "e2m_balancer", "alias": "energy2mqtt balancer",
+         "use_blueprint": {"path": "energy2mqtt/balancer_notifications.yaml",
+                           "input": {"notify_actions": targets}}},
+    ])
+}
+
+const NOTIFICATION_AUTOMATIONS: &[&str] =
+    &["e2m_alerts_replace", "e2m_alerts_remove", "e2m_balancer"];
+
+/// Automation config id → state.
+fn automation_states(client: &mut HaClient) -> BTreeMap<String, String> {
+    client
+        .states()
+        .into_iter()
+        .filter(|(id, _)| id.starts_with("automation."))
+        .filter_map(|(_, s)| {
+            Some((
+                s["attributes"]["id"].as_str()?.to_owned(),
+                s["state"].as_str().unwrap_or("").to_owned(),
+            ))
+        })
+        .collect()
+}
+
+fn automations_on(client: &mut HaClient) -> Result<(), String> {
+    let states = automation_states(client);
+    let off: Vec<&&str> = NOTIFICATION_AUTOMATIONS
+        .iter()
+        .filter(|id| states.get(**id).map(String::as_str) != Some("on"))
+        .collect();
+    if off.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("automations {off:?} not on: {states:?}"))
+    }
+}
+
+/// Home Assistant lists both blueprints as valid, with their source URL;
+/// then the automations made from them are written and loaded.
+fn install_notification_automations(client: &mut HaClient, config: &Path) -> Result<(), String> {
+    let listed = client.ws(json!({"type": "blueprint/list", "domain": "automation"}))?;
+    for file in BLUEPRINTS {
+        let entry = &listed[format!("energy2mqtt/{file}")];
+        let meta = &entry["metadata"];
+        let url = format!("{REPO_URL}/blob/main/{BLUEPRINT_DIR}/{file}");
+        let min = meta["homeassistant"]["min_version"].as_str().unwrap_or("");
+        let ok = entry["error"].is_null()
+            && meta["domain"] == "automation"
+            && meta["source_url"] == url.as_str()
+            && meta["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("energy2mqtt "))
+            && !min.is_empty()
+            && version(min) <= version(HA_VERSION)
+            && meta["input"]["delivery"]["input"]["notify_actions"]["selector"]["text"]["multiple"]
+                == true;
+        if !ok {
+            return Err(format!("blueprint/list: {file}: {entry}\nall: {listed}"));
+        }
+    }
+    let autos = notification_automations(secs_since_epoch());
+    std::fs::write(
+        config.join("automations.yaml"),
+        serde_json::to_string_pretty(&autos).expect("automations JSON"),
+    )
+    .map_err(|e| format!("automations.yaml: {e}"))?;
+    client.ws(
+        json!({"type": "call_service", "domain": "automation", "service": "reload",
+                     "service_data": {}}),
+    )?;
+    wait_for(Duration::from_secs(10), || automations_on(client))
+}
+
+/// Persistent notifications by id.
+fn notifications(client: &mut HaClient) -> Result<BTreeMap<String, Value>, String> {
+    let list = client.ws(json!({"type": "persistent_notification/get"}))?;
+    Ok(list
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|n| Some((n["notification_id"].as_str()?.to_owned(), n.clone())))
+        .collect())
+}
+
+/// Waits for the persistent notification `id` with this title and message.
+fn wait_notification(
+    client: &mut HaClient,
+    id: &str,
+    title: &str,
+    message: &str,
+) -> Result<(), String> {
+    wait_for(Duration::from_secs(5), || {
+        let all = notifications(client)?;
+        match all.get(id) {
+            Some(n) if n["title"] == title && n["message"] == message => Ok(()),
+            n => Err(format!(
+                "notification {id}: {n:?}, want title {title:?}, message {message:?}"
+            )),
+        }
+    })
+}
+
+/// Waits until the persistent notification `id` is gone.
+fn wait_dismissed(client: &mut HaClient, id: &str) -> Result<(), String> {
+    wait_for(Duration::from_secs(5), || {
+        match notifications(client)?.get(id) {
+            None => Ok(()),
+            Some(n) => Err(format!("notification {id} still there: {n}")),
+        }
+    })
+}
+
+/// Waits until the capture script got exactly this call for `tag`: what a
+/// phone's notify action would get.
+fn wait_capture(
+    client: &mut HaClient,
+    tag: &str,
+    title: &str,
+    message: &str,
+    data: Value,
+) -> Result<(), String> {
+    let id = format!("capture-{tag}");
+    let want = json!({"message": message, "data": data});
+    wait_for(Duration::from_secs(5), || {
+        let all = notifications(client)?;
+        let n = all.get(&id).ok_or(format!("no {id}"))?;
+        let got: Value = serde_json::from_str(n["message"].as_str().unwrap_or(""))
+            .map_err(|e| format!("{id}: {e}: {n}"))?;
+        if n["title"] == title && got == want {
+            Ok(())
+        } else {
+            Err(format!(
+                "{id}: title {}, {got}\n  want title {title:?}, {want}",
+                n["title"]
+            ))
+        }
+    })
+}
+
+/// An event as the bridge publishes it on `<base>/alerts/event`.
+fn alert_event(kind: &str, rule: &str, level: &str, device: (&str, &str), message: &str) -> Value {
+    json!({"kind": kind, "event_type": kind, "rule": rule, "family": "soc", "level": level,
+           "device": device.0, "device_name": device.1, "value": 8.0, "threshold": 10.0,
+           "message": message, "at": "2026-11-21T18:04:00Z", "repeat": false, "notify": true})
+}
+
+/// The test's fictional devices: no notification of the demo's own
+/// (real) alerts and balancer events has these in its id.
+const FICTIONAL: &[&str] = &[
+    "battery7",
+    "battery8",
+    "battery9",
+    "boiler9",
+    "inverter8",
+    "inverter9",
+];
+
+/// Alert and balancer events on MQTT, through the blueprints' automations,
+/// to persistent notifications (id = tag, title, message) and to the
+/// capture script (the companion app's data by level).
+fn check_notification_blueprints(client: &mut HaClient, mqtt: u16) -> Result<(), String> {
+    automations_on(client)?;
+    let send = |topic: &str, v: Value| publish(mqtt, topic, &v.to_string());
+    let group = |tag: &str| json!({"tag": tag, "group": "energy2mqtt"});
+    let b9 = ("battery9", "Battery 9");
+
+    // --- alerts, replace mode, base topic `energy2mqtt` (the default) ---
+    let (tag, raise) = (
+        "cell_delta_error-battery9",
+        "Battery 9: cell delta 0.062 V is above 0.050 V",
+    );
+    send(
+        "energy2mqtt/alerts/event",
+        alert_event("raise", "cell_delta_error", "error", b9, raise),
+    );
+    wait_notification(client, tag, "Error: Battery 9", raise)?;
+    wait_capture(
+        client,
+        tag,
+        "Error: Battery 9",
+        raise,
+        json!({"tag": tag, "group": "energy2mqtt",
+        "push": {"interruption-level": "time-sensitive"}, "ttl": 0, "priority": "high"}),
+    )?;
+
+    let (crit_tag, crit) = ("soc_critical-battery9", "Battery 9: SOC 8 % is below 10 %");
+    send(
+        "energy2mqtt/alerts/event",
+        alert_event("raise", "soc_critical", "critical", b9, crit),
+    );
+    wait_notification(client, crit_tag, "Critical: Battery 9", crit)?;
+    wait_capture(
+        client,
+        crit_tag,
+        "Critical: Battery 9",
+        crit,
+        json!({"tag": crit_tag, "group": "energy2mqtt",
+        "push": {"interruption-level": "critical", "sound": {"name": "default", "critical": 1, "volume": 1.0}},
+        "channel": "alarm_stream", "ttl": 0, "priority": "high"}),
+    )?;
+
+    let (warn_tag, warn) = ("soh_low-battery9", "Battery 9: SOH 78 % is below 80 %");
+    send(
+        "energy2mqtt/alerts/event",
+        alert_event("raise", "soh_low", "warning", b9, warn),
+    );
+    wait_notification(client, warn_tag, "Warning: Battery 9", warn)?;
+    wait_capture(
+        client,
+        warn_tag,
+        "Warning: Battery 9",
+        warn,
+        group(warn_tag),
+    )?;
+
+    // Raised again within the repeat window: `notify: false`, skipped.
+    let mut suppressed = alert_event(
+        "raise",
+        "soc_low",
+        "error",
+        b9,
+        "Battery 9: SOC 18 % is below 20 %",
+    );
+    suppressed["notify"] = json!(false);
+    send("energy2mqtt/alerts/event", suppressed);
+    // A reminder (`repeat: true`) replaces the raise; the automation runs
+    // events in order, so the skipped one above has been handled by then.
+    let reminder_text = format!("{raise} (active for 12 h)");
+    let mut reminder = alert_event("raise", "cell_delta_error", "error", b9, &reminder_text);
+    reminder["repeat"] = json!(true);
+    send("energy2mqtt/alerts/event", reminder);
+    wait_notification(client, tag, "Error: Battery 9", &reminder_text)?;
+
+    let clear = "Battery 9: cell delta 0.038 V is back at or below 0.040 V";
+    send(
+        "energy2mqtt/alerts/event",
+        alert_event("clear", "cell_delta_error", "error", b9, clear),
+    );
+    wait_notification(client, tag, "Cleared: Battery 9", clear)?;
+    wait_capture(
+        client,
+        tag,
+        "Cleared: Battery 9",
+        clear,
+        json!({"tag": tag, "group": "energy2mqtt",
+        "push": {"interruption-level": "passive"}, "alert_once": true}),
+    )?;
+
+    // --- alerts on `e2m-quiet`: quiet hours now, clears remove ---------
+    let b8 = ("battery8", "Battery 8");
+    let quiet_warning = "Battery 8: SOH 78 % is below 80 %";
+    let quiet_error = "Battery 8: SOC 18 % is below 20 %";
+    send(
+        "e2m-quiet/alerts/event",
+        alert_event("raise", "soh_low", "warning", b8, quiet_warning),
+    );
+    send(
+        "e2m-quiet/alerts/event",
+        alert_event("raise", "soc_low", "error", b8, quiet_error),
+    );
+    // Critical passes the quiet hours.
+    let (tag8, crit8) = ("soc_critical-battery8", "Battery 8: SOC 8 % is below 10 %");
+    send(
+        "e2m-quiet/alerts/event",
+        alert_event("raise", "soc_critical", "critical", b8, crit8),
+    );
+    wait_notification(client, tag8, "Critical: Battery 8", crit8)?;
+    wait_capture(
+        client,
+        tag8,
+        "Critical: Battery 8",
+        crit8,
+        json!({"tag": tag8, "group": "energy2mqtt",
+        "push": {"interruption-level": "critical", "sound": {"name": "default", "critical": 1, "volume": 1.0}},
+        "channel": "alarm_stream", "ttl": 0, "priority": "high"}),
+    )?;
+    send(
+        "e2m-quiet/alerts/event",
+        alert_event(
+            "clear",
+            "soc_critical",
+            "critical",
+            b8,
+            "Battery 8: SOC 13 % is back at or above 12 %",
+        ),
+    );
+    wait_dismissed(client, tag8)?;
+    wait_capture(client, tag8, "", "clear_notification", json!({"tag": tag8}))?;
+
+    // --- alerts on `e2m-critical`: critical only, no reminders ----------
+    let b7 = ("battery7", "Battery 7");
+    send(
+        "e2m-critical/alerts/event",
+        alert_event(
+            "raise",
+            "soc_low",
+            "error",
+            b7,
+            "Battery 7: SOC 18 % is below 20 %",
+        ),
+    );
+    let mut reminder = alert_event(
+        "raise",
+        "cell_min_low",
+        "critical",
+        b7,
+        "Battery 7: lowest cell 2.850 V (cell 5) is below 2.900 V (active for 12 h)",
+    );
+    reminder["repeat"] = json!(true);
+    send("e2m-critical/alerts/event", reminder);
+    let (tag7, crit7) = ("soc_critical-battery7", "Battery 7: SOC 8 % is below 10 %");
+    send(
+        "e2m-critical/alerts/event",
+        alert_event("raise", "soc_critical", "critical", b7, crit7),
+    );
+    wait_notification(client, tag7, "Critical: Battery 7", crit7)?;
+
+    // --- the balancer, base topic `energy2mqtt`, default events ---
+    let balancer = |group_tag: &str| json!({"tag": group_tag, "group": "energy2mqtt-balancer"});
+    let plug_tag = "balancer-boiler9";
+    send(
+        "energy2mqtt/bridge/event",
+        json!({"type": "balancer_action", "device": "boiler9",
+        "inverter": "inverter9", "action": "shed", "plug": "boiler9", "reason": "overload",
+        "load_w": 7810.0, "limit_w": 7400.0, "plug_w": 2000.0}),
+    );
+    let shed = "boiler9 was switched off: overload (load 7810 W, limit 7400 W)";
+    wait_notification(client, plug_tag, "Balancer: boiler9 switched off", shed)?;
+    wait_capture(
+        client,
+        plug_tag,
+        "Balancer: boiler9 switched off",
+        shed,
+        balancer(plug_tag),
+    )?;
+    // `stale` is not among the default events.
+    send(
+        "energy2mqtt/bridge/event",
+        json!({"type": "balancer_state", "device": "inverter8", "state": "stale"}),
+    );
+    let state_tag = "balancer-state-inverter9";
+    send(
+        "energy2mqtt/bridge/event",
+        json!({"type": "balancer_state", "device": "inverter9", "state": "failsafe"}),
+    );
+    let failsafe = "No fresh data from inverter9: the balancer switched its sheddable plugs off";
+    wait_notification(client, state_tag, "Balancer failsafe: inverter9", failsafe)?;
+    let mut data = balancer(state_tag);
+    data["push"] = json!({"interruption-level": "time-sensitive"});
+    data["ttl"] = json!(0);
+    data["priority"] = json!("high");
+    wait_capture(
+        client,
+        state_tag,
+        "Balancer failsafe: inverter9",
+        failsafe,
+        data,
+    )?;
+    send(
+        "energy2mqtt/bridge/event",
+        json!({"type": "balancer_action", "device": "boiler9",
+        "inverter": "inverter9", "action": "restore", "plug": "boiler9", "reason": "restore",
+        "load_w": 3000.0, "limit_w": 7400.0, "plug_w": 2000.0}),
+    );
+    let restored = "boiler9 was switched on again";
+    wait_notification(client, plug_tag, "Balancer: boiler9 back on", restored)?;
+    let mut data = balancer(plug_tag);
+    data["push"] = json!({"interruption-level": "passive"});
+    data["alert_once"] = json!(true);
+    wait_capture(
+        client,
+        plug_tag,
+        "Balancer: boiler9 back on",
+        restored,
+        data,
+    )?;
+    send(
+        "energy2mqtt/bridge/event",
+        json!({"type": "balancer_state", "device": "inverter9", "state": "idle"}),
+    );
+    wait_notification(
+        client,
+        state_tag,
+        "Balancer: inverter9 back to normal",
+        "The balancer of inverter9 is idle again",
+    )?;
+
+    // Nothing else: not the `notify: false` raise, not the warning and
+    // the error in the quiet hours, not the removed critical one, not the
+    // error below the minimum level, not the reminder with reminders off,
+    // not the stale state; and only the critical-only automation's own
+    // target for battery 7.
+    let all = notifications(client)?;
+    let ours: BTreeSet<String> = all
+        .keys()
+        .filter(|id| FICTIONAL.iter().any(|d| id.ends_with(d)))
+        .cloned()
+        .collect();
+    let mut want: BTreeSet<String> = [tag, crit_tag, warn_tag, plug_tag, state_tag]
+        .iter()
+        .flat_map(|t| [t.to_string(), format!("capture-{t}")])
+        .collect();
+    want.insert(format!("capture-{tag8}"));
+    want.insert(tag7.to_owned());
+    if ours != want {
+        return Err(format!("notifications {ours:?}, want {want:?}"));
+    }
+    Ok(())
+}
+
 fn secs_since_epoch() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -729,6 +1232,9 @@ fn home_assistant_shows_and_drives_the_demo() {
                 .ok();
         }
     }
+    // The notification blueprints are listed; automations from them load.
+    install_notification_automations(&mut client, &ha.config)
+        .unwrap_or_else(|e| failure.fail(&format!("notification blueprints: {e}")));
 
     // --- the bridge ---------------------------------------------------
     let inverter_port = free_port();
@@ -1082,6 +1588,15 @@ fn home_assistant_shows_and_drives_the_demo() {
     eprintln!(
         "bridge restart: every entity available after {:.1} s",
         restart.elapsed().as_secs_f64()
+    );
+
+    // --- the notification blueprints, in automations loaded at start ----
+    let t = Instant::now();
+    check_notification_blueprints(&mut client, mosquitto.port)
+        .unwrap_or_else(|e| failure.fail(&format!("notification blueprints: {e}")));
+    eprintln!(
+        "notification blueprints: alert and balancer events → notifications in {:.1} s",
+        t.elapsed().as_secs_f64()
     );
 
     // --- HA's log: nothing from the bridge's entities --------------------
