@@ -8,28 +8,24 @@
 //! service that answers slowly or asks us to wait (429) then never stalls
 //! the MQTT connection, and a clear can never overtake its raise.
 
-use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use rumqttc::{AsyncClient, Event, LastWill, Packet, QoS};
 
-use energy2mqtt::config::push::QuietHours;
 use energy2mqtt::config::{self, Config};
-use energy2mqtt::core::alerts::Level;
 use energy2mqtt::mqtt::payloads::{OFFLINE, ONLINE};
 use energy2mqtt::mqtt::topics::Topics;
+use energy2mqtt::push::delivery::{Delivery, Work, test_notification};
 use energy2mqtt::push::http::{self, Api, TestReply};
+use energy2mqtt::push::lock;
 use energy2mqtt::push::memory::{self, Memory};
-use energy2mqtt::push::notify::{self, ChannelState, Kind, Notification, Policy, Verdict, Watch};
-use energy2mqtt::push::send::Report;
-use energy2mqtt::push::subscriptions::Subscriptions;
-use energy2mqtt::push::vapid::{VapidKey, audience_of};
-use energy2mqtt::push::webpush::{self, Outcome, Urgency};
-use energy2mqtt::push::{ntfy, send, telegram};
+use energy2mqtt::push::notify::{self, Watch};
+use energy2mqtt::push::rules::Rules;
+use energy2mqtt::push::vapid::VapidKey;
 use energy2mqtt::storage::Store;
 
 #[derive(Parser)]
@@ -57,9 +53,6 @@ enum Command {
     Health,
 }
 
-/// How long a push service keeps a message for a phone that is offline.
-const TTL: Duration = Duration::from_secs(24 * 3600);
-
 // The wall clock and the local time through crate::clock, the one place
 // that reads them.
 fn now_unix() -> i64 {
@@ -72,302 +65,6 @@ fn now_rfc3339() -> String {
 
 fn local_minute() -> u16 {
     energy2mqtt::clock::local_at(energy2mqtt::clock::now()).minute_of_day()
-}
-
-/// One notification and the channels that admitted it.
-struct Job {
-    n: Notification,
-    webpush: bool,
-    ntfy: Vec<usize>,
-    telegram: Vec<usize>,
-}
-
-/// One channel's rules: its name (the key of its memory), least level
-/// and state.
-struct Channel {
-    name: String,
-    min_level: Level,
-    state: ChannelState,
-}
-
-/// The channel rules' memory, owned by the MQTT loop, saved (by
-/// [`saver`]) whenever it changed so that a restart keeps it.
-struct Rules {
-    quiet: Option<QuietHours>,
-    webpush: Channel,
-    ntfy: Vec<Channel>,
-    telegram: Vec<Channel>,
-}
-
-impl Rules {
-    fn new(config: &Config, mut memory: Memory) -> Self {
-        let push = &config.push;
-        let mut channel = |name: String, min_level| Channel {
-            state: memory.take(&name),
-            name,
-            min_level,
-        };
-        Self {
-            // Validated with the configuration already.
-            quiet: push
-                .quiet_hours
-                .as_deref()
-                .and_then(|q| QuietHours::parse(q).ok()),
-            webpush: channel(memory::WEBPUSH.into(), push.min_level),
-            ntfy: push
-                .ntfy
-                .iter()
-                .map(|c| channel(memory::ntfy_name(c), c.min_level))
-                .collect(),
-            telegram: push
-                .telegram
-                .iter()
-                .map(|c| channel(memory::telegram_name(c), c.min_level))
-                .collect(),
-        }
-    }
-
-    fn memory(&self) -> Memory {
-        let mut m = Memory::default();
-        for c in std::iter::once(&self.webpush)
-            .chain(&self.ntfy)
-            .chain(&self.telegram)
-        {
-            m.put(c.name.clone(), c.state.clone());
-        }
-        m
-    }
-
-    /// The channels that take `n`, and whether the memory changed.
-    fn decide(&mut self, n: Notification) -> (Job, bool) {
-        let (now, minute) = (now_unix(), local_minute());
-        let quiet = self.quiet;
-        let mut changed = false;
-        let mut admit = |c: &mut Channel| {
-            let policy = Policy {
-                min_level: c.min_level,
-                quiet,
-            };
-            let verdict = notify::admit(&n, &policy, &mut c.state, now, minute);
-            if verdict == Verdict::Send {
-                changed = true;
-            } else {
-                tracing::debug!(tag = %n.tag, channel = %c.name, ?verdict, "not sent on a channel");
-            }
-            verdict == Verdict::Send
-        };
-        let webpush = admit(&mut self.webpush);
-        let ntfy = self
-            .ntfy
-            .iter_mut()
-            .enumerate()
-            .filter_map(|(i, c)| admit(c).then_some(i))
-            .collect();
-        let telegram = self
-            .telegram
-            .iter_mut()
-            .enumerate()
-            .filter_map(|(i, c)| admit(c).then_some(i))
-            .collect();
-        let job = Job {
-            n,
-            webpush,
-            ntfy,
-            telegram,
-        };
-        (job, changed)
-    }
-}
-
-/// Saves the latest memory, off the async task (the store fsyncs), one
-/// write at a time, so an older snapshot never overwrites a newer one.
-async fn saver(store: Store, mut latest: tokio::sync::watch::Receiver<Memory>) {
-    while latest.changed().await.is_ok() {
-        let m = latest.borrow_and_update().clone();
-        let store = store.clone();
-        match tokio::task::spawn_blocking(move || store.save(memory::STORE_NAME, &m)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "cannot save the channels' memory"),
-            Err(e) => tracing::warn!(error = %e, "cannot save the channels' memory"),
-        }
-    }
-}
-
-/// A poisoned lock: a panic mid-update; the list is whole anyway (every
-/// change is one assignment).
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Sends; owns the HTTP client and the key, shares the subscription list
-/// with the HTTP interface.
-struct Delivery {
-    config: Config,
-    http: reqwest::Client,
-    vapid: VapidKey,
-    subs: Arc<Mutex<Subscriptions>>,
-    /// Rejections (400/401/403) already explained, so each is logged once.
-    told: BTreeSet<String>,
-}
-
-impl Delivery {
-    fn new(config: Config) -> anyhow::Result<Self> {
-        let vapid = VapidKey::load_or_generate(
-            config.push.vapid_private_key_file.as_deref(),
-            &config.storage.dir,
-        )?;
-        let subs = Subscriptions::load(Store::new(&config.storage.dir))?;
-        let http = energy2mqtt::https::client_builder()
-            .timeout(Duration::from_secs(15))
-            .build()
-            .context("HTTP client")?;
-        Ok(Self {
-            config,
-            http,
-            vapid,
-            subs: Arc::new(Mutex::new(subs)),
-            told: BTreeSet::new(),
-        })
-    }
-
-    /// Every channel, for `test`.
-    fn all(&self, n: Notification) -> Job {
-        Job {
-            n,
-            webpush: true,
-            ntfy: (0..self.config.push.ntfy.len()).collect(),
-            telegram: (0..self.config.push.telegram.len()).collect(),
-        }
-    }
-
-    /// Sends `job`; per channel what happened.
-    async fn deliver(&mut self, job: &Job) -> Vec<Report> {
-        let n = &job.n;
-        let mut report = Vec::new();
-        if job.webpush {
-            report.extend(self.webpush(n).await);
-        }
-        for &i in &job.ntfy {
-            let Some(ch) = self.config.push.ntfy.get(i) else {
-                continue;
-            };
-            let name = memory::ntfy_name(ch);
-            let r = send::ntfy(&self.http, &ntfy::request(ch, n), send::Retry::DEFAULT).await;
-            report.push(plain(name, &r));
-        }
-        for &i in &job.telegram {
-            let Some(ch) = self.config.push.telegram.get(i) else {
-                continue;
-            };
-            // The bot token is a secret: the channel is named by its chats.
-            let name = memory::telegram_name(ch);
-            let reqs = telegram::requests(ch, n);
-            let r = send::telegram(&self.http, &reqs, send::Retry::DEFAULT).await;
-            report.push(plain(name, &r));
-        }
-        for r in &report {
-            tracing::info!(channel = %r.channel, tag = %n.tag, result = %r.result, "notification");
-        }
-        report
-    }
-
-    async fn push_one(
-        &self,
-        sub: &webpush::Subscription,
-        payload: &[u8],
-        urgency: Urgency,
-        subject: Option<&str>,
-        topic: Option<&str>,
-    ) -> Outcome {
-        let req = sub
-            .target()
-            .map_err(webpush::PushBuildError::from)
-            .and_then(|t| {
-                webpush::request_parts(
-                    &t,
-                    &self.vapid,
-                    subject,
-                    payload,
-                    TTL,
-                    urgency,
-                    topic,
-                    u64::try_from(now_unix()).unwrap_or(0),
-                )
-            });
-        match req {
-            Ok(req) => send::webpush(&self.http, &req, now_unix).await,
-            Err(e) => Outcome::Rejected(e.to_string()),
-        }
-    }
-
-    async fn webpush(&mut self, n: &Notification) -> Vec<Report> {
-        let payload = n.payload(notify::MAX_PAYLOAD);
-        let urgency = Urgency::for_level(n.level);
-        let subject = self.config.push.vapid_subject.clone();
-        let topic = webpush::is_topic(&n.tag).then_some(n.tag.as_str());
-        let mut out = Vec::new();
-        let list = lock(&self.subs).list().to_vec();
-        for sub in list {
-            let name = format!("webpush {}", audience_of(&sub.endpoint));
-            let mut outcome = self
-                .push_one(&sub, &payload, urgency, subject.as_deref(), topic)
-                .await;
-            if outcome == Outcome::TooLarge {
-                // A service with a smaller limit than 4 KB: try once more
-                // with half the room (the body is cut, the title stays).
-                let shorter = n.payload(notify::MAX_PAYLOAD / 2);
-                outcome = self
-                    .push_one(&sub, &shorter, urgency, subject.as_deref(), topic)
-                    .await;
-            }
-            match &outcome {
-                Outcome::Gone => match lock(&self.subs).remove(&sub.endpoint) {
-                    Ok(_) => {
-                        tracing::info!(channel = %name, "subscription gone (404/410): deleted")
-                    }
-                    Err(e) => tracing::warn!(error = %e, "cannot save the subscriptions"),
-                },
-                Outcome::Rejected(fix) if self.told.insert(fix.clone()) => {
-                    tracing::warn!(channel = %name, "{fix}");
-                }
-                _ => {}
-            }
-            out.push(Report {
-                channel: name,
-                ok: outcome == Outcome::Delivered,
-                result: format!("{outcome:?}"),
-            });
-        }
-        out
-    }
-}
-
-fn plain(channel: String, r: &send::Plain) -> Report {
-    Report {
-        channel,
-        ok: *r == send::Plain::Ok,
-        result: format!("{r:?}"),
-    }
-}
-
-/// The notification `test` and `POST /api/test` send.
-fn test_notification(link: Option<&str>) -> Notification {
-    Notification {
-        kind: Kind::Raise,
-        title: "energy2mqtt test".into(),
-        body: "If you read this, notifications reach you.".into(),
-        level: Level::Warning,
-        tag: "e2m-test".into(),
-        time: now_rfc3339(),
-        link: link.map(str::to_owned),
-        repeat: false,
-    }
-}
-
-/// What the delivery task is asked to do, in order.
-enum Work {
-    Job(Job),
-    Test(TestReply),
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
@@ -397,7 +94,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     }
     let mut rules = Rules::new(&config, remembered);
     let (remember, latest) = tokio::sync::watch::channel(rules.memory());
-    let saving = tokio::spawn(saver(store, latest));
+    let saving = tokio::spawn(memory::keep_saved(store, latest));
     let lost_after = config.push.device_lost_after;
     let reconnect_max = config.mqtt.reconnect_max;
     let listen = config.push.listen;
@@ -464,7 +161,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
                     delivery.deliver(&job).await;
                 }
                 Work::Test(reply) => {
-                    let job = delivery.all(test_notification(test_link.as_deref()));
+                    let job = delivery.all(test_notification(test_link.as_deref(), now_rfc3339()));
                     let _ = reply.send(delivery.deliver(&job).await);
                 }
             }
@@ -526,11 +223,11 @@ async fn run(config: Config) -> anyhow::Result<()> {
             }
         }
         for n in found {
-            let (job, changed) = rules.decide(n);
+            let (job, changed) = rules.decide(n, now_unix(), local_minute());
             if changed {
                 let _ = remember.send(rules.memory());
             }
-            if job.webpush || !job.ntfy.is_empty() || !job.telegram.is_empty() {
+            if job.any() {
                 // Only fails once the worker is gone, which only the end of
                 // the process does.
                 let _ = jobs.send(Work::Job(job)).await;
@@ -615,7 +312,7 @@ async fn health(config: &Config) -> anyhow::Result<bool> {
 async fn test(config: Config) -> anyhow::Result<bool> {
     let link = config.push.public_url.clone();
     let mut delivery = Delivery::new(config)?;
-    let job = delivery.all(test_notification(link.as_deref()));
+    let job = delivery.all(test_notification(link.as_deref(), now_rfc3339()));
     let report = delivery.deliver(&job).await;
     if report.is_empty() {
         println!(

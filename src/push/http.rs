@@ -9,7 +9,7 @@
 //! are served to anyone who can reach the port.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
@@ -23,6 +23,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
+use super::lock;
 use super::send::Report;
 use super::subscriptions::{Subscriptions, SubscriptionsError};
 use super::webpush::Subscription;
@@ -117,12 +118,6 @@ impl Api {
             Some(r)
         }
     }
-}
-
-/// A poisoned lock means a handler panicked mid-update; the list itself
-/// is always whole (every change is one assignment), so go on with it.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn error(status: StatusCode, message: &str) -> Response {

@@ -60,6 +60,20 @@ impl Memory {
     }
 }
 
+/// Saves the latest memory, off the async task (the store fsyncs), one
+/// write at a time, so an older snapshot never overwrites a newer one.
+pub async fn keep_saved(store: Store, mut latest: tokio::sync::watch::Receiver<Memory>) {
+    while latest.changed().await.is_ok() {
+        let m = latest.borrow_and_update().clone();
+        let store = store.clone();
+        match tokio::task::spawn_blocking(move || store.save(STORE_NAME, &m)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot save the channels' memory"),
+            Err(e) => tracing::warn!(error = %e, "cannot save the channels' memory"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
