@@ -3,6 +3,8 @@
 //! KLAP v2 and the smart protocol, so the driver's tests against it mean
 //! something.
 
+mod support;
+
 use std::io::Read;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -29,15 +31,10 @@ fn not_run(what: &Path) -> Option<PathBuf> {
     None
 }
 
-/// The interpreter with python-kasa: `E2M_INTEROP_PYTHON`, else the venv
-/// `.ci/run` makes. Under CI it must be there.
+/// The interpreter with python-kasa (the shared rule: under CI it must
+/// be there).
 fn interop_python() -> Option<PathBuf> {
-    let p = std::env::var_os("E2M_INTEROP_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv-interop/bin/python")
-        });
-    if p.exists() { Some(p) } else { not_run(&p) }
+    support::interop_python("python-kasa interop test", PIN)
 }
 
 /// The `kasa` CLI that pip installed beside the interpreter.

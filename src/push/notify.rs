@@ -399,9 +399,11 @@ pub fn admit(
                 return Verdict::RateLimited;
             }
             state.active.insert(n.tag.clone());
+            // Only raises count against the limit: a clear always goes out
+            // (it ends a notification already on the phone).
+            state.sent.push_back(now_unix);
         }
     }
-    state.sent.push_back(now_unix);
     Verdict::Send
 }
 
@@ -622,6 +624,43 @@ mod tests {
         assert_eq!(
             admit(&note(99, Kind::Raise), &policy, &mut st, later, 0),
             Verdict::Send
+        );
+    }
+
+    #[test]
+    fn clears_do_not_use_up_the_rate_limit() {
+        // Alternating raise and clear: every raise counts, no clear does,
+        // so RATE_MAX episodes get through in one window, not half as many.
+        let policy = Policy {
+            min_level: Level::Warning,
+            quiet: None,
+        };
+        let mut st = ChannelState::default();
+        let note = |i: usize, kind| Notification {
+            kind,
+            title: String::new(),
+            body: String::new(),
+            level: Level::Warning,
+            tag: format!("t{i}"),
+            time: NOW.into(),
+            link: None,
+            repeat: false,
+        };
+        for i in 0..RATE_MAX {
+            assert_eq!(
+                admit(&note(i, Kind::Raise), &policy, &mut st, 0, 0),
+                Verdict::Send,
+                "raise {i}"
+            );
+            assert_eq!(
+                admit(&note(i, Kind::Clear), &policy, &mut st, 0, 0),
+                Verdict::Send,
+                "clear {i}"
+            );
+        }
+        assert_eq!(
+            admit(&note(99, Kind::Raise), &policy, &mut st, 0, 0),
+            Verdict::RateLimited
         );
     }
 }
