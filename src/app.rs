@@ -961,7 +961,8 @@ impl Bridge {
                     // Modes and timers are the bridge's business, not the plug's.
                     None => return,
                     Some(state) => {
-                        self.control.user_switched(device);
+                        self.control
+                            .user_switched(device, state == crate::model::SwitchState::On);
                         DeviceCommand::Switch(state)
                     }
                 }

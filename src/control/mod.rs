@@ -16,9 +16,12 @@ use time::OffsetDateTime;
 
 use crate::config::{BalancerConfig, Config};
 use crate::core::alerts::{self, AlertState, Rules};
+use crate::core::arbiter::{self, Decision, Held, Origin, PlugFacts, Wish};
 use crate::core::balancer::{self, BalancerState, Phase, PlugPolicy, Reason, Status, Timestamp};
 use crate::core::registry::Registry;
-use crate::core::timers::{self, LocalTime, PlugAutomation, PlugTimerStatus, TimerAction};
+use crate::core::timers::{
+    self, LocalTime, PlugAutomation, PlugTimerStatus, TimerAction, TimerReason,
+};
 use crate::model::{DeviceKind, PlugMode, SwitchState, TimerCommand};
 use crate::storage::Store;
 use executor::{Delivery, Executor};
@@ -284,7 +287,21 @@ impl Control {
                 plug_w = a.power_w,
                 "{action}"
             );
-            if let Delivery::Send { plug, on } = self.executor.want(&a.plug, on, "balancer", now) {
+            let origin = if a.reason == balancer::Reason::Failsafe {
+                Origin::Failsafe
+            } else {
+                Origin::Balancer
+            };
+            // The balancer leaves locked plugs out itself; the arbiter has
+            // the last word all the same.
+            if let Decision::Skip(held) = arbiter::decide(Wish { origin, on }, self.facts(&a.plug))
+            {
+                tracing::warn!(plug = %a.plug, why = held.as_str(), "balancer action not carried out");
+                continue;
+            }
+            if let Delivery::Send { plug, on } =
+                self.executor.want(&a.plug, on, origin.as_str(), now)
+            {
                 out.push(Output::Switch { plug, on });
             }
             out.push(event(
@@ -372,25 +389,36 @@ impl Control {
         d.persist
     }
 
-    /// Carries out a timer, schedule or surplus action unless a lock or
-    /// the balancer stands in the way (the balancer always wins).
+    /// What the arbiter needs to know of a plug.
+    fn facts(&self, plug: &str) -> PlugFacts {
+        PlugFacts {
+            mode: self.mode(plug),
+            shed: self.is_shed(plug),
+            pending: self.executor.wanted(plug),
+        }
+    }
+
+    /// Carries out a timer, schedule or surplus action unless the arbiter
+    /// holds it (a lock, or an ON of a plug the balancer has shed).
     fn automation_switch(&mut self, a: &TimerAction, now: Timestamp, out: &mut Vec<Output>) {
         let on = a.state == SwitchState::On;
         let reason = serde_json::to_value(a.reason).unwrap_or(Value::Null);
         let why_on = reason.as_str().unwrap_or("automation").to_owned();
-        let blocked = if self.mode(&a.plug) != PlugMode::Auto {
-            Some("the plug's mode locks it")
-        } else if on && self.is_shed(&a.plug) {
-            Some("the balancer has shed the plug")
-        } else {
-            None
+        let origin = match a.reason {
+            TimerReason::Schedule => Origin::Schedule,
+            TimerReason::Surplus => Origin::Surplus,
+            TimerReason::Timer | TimerReason::TimerStart | TimerReason::TimerCancel => {
+                Origin::Timer
+            }
         };
-        if let Some(why) = blocked {
-            tracing::info!(plug = %a.plug, reason = %why_on, why, "automation switch skipped");
+        if let Decision::Skip(held) | Decision::Refuse(held) =
+            arbiter::decide(Wish { origin, on }, self.facts(&a.plug))
+        {
+            tracing::info!(plug = %a.plug, reason = %why_on, why = held.as_str(), "automation switch skipped");
             return;
         }
         tracing::info!(plug = %a.plug, on, reason = %why_on, "automation switch");
-        if let Delivery::Send { plug, on } = self.executor.want(&a.plug, on, "timer", now) {
+        if let Delivery::Send { plug, on } = self.executor.want(&a.plug, on, origin.as_str(), now) {
             out.push(Output::Switch { plug, on });
         }
         out.push(event(
@@ -629,8 +657,17 @@ impl Control {
 
     /// The user switched a plug: the automation stops pushing its own wish
     /// (the balancer sees the new state and treats it as an override).
-    pub fn user_switched(&mut self, plug: &str) {
-        self.executor.cancel(plug);
+    pub fn user_switched(&mut self, plug: &str, on: bool) {
+        if arbiter::decide(
+            Wish {
+                origin: Origin::User,
+                on,
+            },
+            self.facts(plug),
+        ) == Decision::Direct
+        {
+            self.executor.cancel(plug);
+        }
     }
 
     /// `{"mode": "auto"|"on"|"off"}` for a plug. `on` and `off` switch the
@@ -653,9 +690,17 @@ impl Control {
         match mode {
             PlugMode::Auto => self.executor.cancel(plug),
             PlugMode::On | PlugMode::Off => {
-                let on = mode == PlugMode::On;
-                if let Delivery::Send { plug, on } = self.executor.want(plug, on, "mode", now) {
-                    out.push(Output::Switch { plug, on });
+                let wish = Wish {
+                    origin: Origin::Lock,
+                    on: mode == PlugMode::On,
+                };
+                if arbiter::decide(wish, self.facts(plug)) == Decision::Deliver {
+                    if let Delivery::Send { plug, on } =
+                        self.executor
+                            .want(plug, wish.on, Origin::Lock.as_str(), now)
+                    {
+                        out.push(Output::Switch { plug, on });
+                    }
                 }
             }
         }
@@ -736,7 +781,15 @@ impl Control {
         local: LocalTime,
     ) -> Result<Vec<Output>, CommandError> {
         let mode = self.mode(plug);
-        if mode != PlugMode::Auto && self.plugs.iter().any(|p| p == plug) {
+        // The wish's direction does not matter to a lock: ask with ON.
+        let asked = arbiter::decide(
+            Wish {
+                origin: Origin::UserTimer,
+                on: true,
+            },
+            self.facts(plug),
+        );
+        if asked == Decision::Refuse(Held::Locked) && self.plugs.iter().any(|p| p == plug) {
             return err(format!(
                 "'{plug}' is locked by its mode '{}'; set the mode to auto to use a timer",
                 serde_json::to_value(mode)
@@ -756,10 +809,12 @@ impl Control {
         .map_err(|e| CommandError(e.to_string()))?;
         let mut out = Vec::new();
         let on = action.state == SwitchState::On;
-        if on {
-            self.executor.cancel(plug);
-        }
-        if let Delivery::Send { plug, on } = self.executor.want(&action.plug, on, "timer", now) {
+        // The user's own timer: delivered even to a shed plug (the
+        // arbiter's precedence; the executor replaces what was pending).
+        if let Delivery::Send { plug, on } =
+            self.executor
+                .want(&action.plug, on, Origin::UserTimer.as_str(), now)
+        {
             out.push(Output::Switch { plug, on });
         }
         out.push(event(

@@ -1,7 +1,9 @@
 //! Pure logic of the bridge: what the bridge knows about each configured
-//! device, and the overload balancer. Alerts and timers join it here.
+//! device, the overload balancer, alerts, timers, and the arbiter that
+//! decides whose wish switches a plug.
 
 pub mod alerts;
+pub mod arbiter;
 pub mod balancer;
 pub mod energy;
 pub mod registry;
