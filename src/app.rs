@@ -18,12 +18,12 @@ use crate::control::{self, Control};
 use crate::core::registry::Registry;
 use crate::drivers::{DeviceInfo, DriverEvent, DriverHandle};
 use crate::model::{DeviceCommand, DeviceKind, SwitchState};
-use crate::mqtt::commands::Command;
+use crate::mqtt::commands::SetCommand;
 use crate::mqtt::connection::{Connection, Incoming};
 use crate::mqtt::discovery::{self, DiscoveryMessage};
 use crate::mqtt::outbox::{Class, Message, Outbox};
-use crate::mqtt::topics::IncomingTopic;
-use crate::mqtt::{Topics, commands, payloads, settings};
+use crate::mqtt::router::{self, BridgeRequest, Inbound, Route};
+use crate::mqtt::{Topics, payloads, settings};
 
 /// How often the bridge's own state (uptime, counters) is refreshed.
 pub const BRIDGE_STATE_INTERVAL: Duration = Duration::from_secs(60);
@@ -693,147 +693,120 @@ impl Bridge {
             .push(Message::retained(Class::Discovery, topic, Vec::<u8>::new()));
     }
 
+    /// Carries out what the router made of an incoming message.
     fn on_incoming(&mut self, msg: Incoming) {
-        let kind = self.topics.classify(&msg.topic);
-        match kind {
-            IncomingTopic::HaStatus if msg.payload.trim_ascii() == b"online" => {
+        let inbound = Inbound {
+            topic: &msg.topic,
+            payload: &msg.payload,
+            retain: msg.retain,
+            oversized: msg.oversized,
+        };
+        let topic = msg.topic.as_str();
+        match router::route(&self.topics, inbound, &self.registry) {
+            Route::Nothing => {}
+            Route::Empty => {
+                tracing::debug!(
+                    topic,
+                    "empty command payload (a cleared retained command) ignored"
+                );
+            }
+            Route::HaOnline => {
                 self.ha_birth_at = Some(Instant::now() + self.config.homeassistant.birth_delay);
             }
-            IncomingTopic::DiscoveryConfig => {
+            Route::OurDiscovery => {
                 if let Some(gc) = &mut self.gc {
-                    if msg.retain
-                        && !msg.payload.is_empty()
-                        && discovery::is_ours(&self.topics, &msg.payload)
-                    {
-                        gc.found.insert(msg.topic.clone());
-                    }
+                    gc.found.insert(msg.topic.clone());
                 }
             }
-            k if k.is_command() => {
-                if let Some(size) = msg.oversized {
-                    return self.on_oversized_command(&kind, &msg, size);
-                }
-                // An empty payload is how a retained command is cleared (by
-                // us or by the user); it must never switch anything and is
-                // no error. Reads and requests may be empty
-                // (`mosquitto_pub -n`).
-                let is_set = matches!(
-                    kind,
-                    IncomingTopic::Set(_)
-                        | IncomingTopic::SetAttribute(..)
-                        | IncomingTopic::AlertsSet
-                        | IncomingTopic::BalancerSet(_)
+            Route::ClearRetained => {
+                tracing::warn!(
+                    topic,
+                    "ignoring a retained command and clearing it: commands must not be retained"
                 );
-                if msg.payload.is_empty() && (is_set || msg.retain) {
-                    tracing::debug!(topic = %msg.topic, "empty command payload (a cleared retained command) ignored");
-                    return;
+                self.clear_retained(topic);
+            }
+            Route::Request {
+                cmd,
+                request,
+                transaction,
+            } => {
+                let result = self.on_request(request);
+                self.respond(cmd, result, transaction);
+            }
+            Route::RequestRefused {
+                cmd,
+                error,
+                transaction,
+                clear,
+            } => {
+                if clear {
+                    self.clear_retained(topic);
                 }
-                if msg.retain {
-                    tracing::warn!(topic = %msg.topic, "ignoring a retained command and clearing it: commands must not be retained");
-                    self.outbox.push(Message::retained(
-                        Class::Info,
-                        msg.topic.clone(),
-                        Vec::<u8>::new(),
-                    ));
-                    return;
-                }
-                self.on_command(&kind, &msg);
+                self.respond(cmd, Err(error), transaction);
             }
-            _ => {}
-        }
-    }
-
-    /// A command too large to keep: answered like any bad command, and a
-    /// retained one is cleared so that it is not delivered again at every
-    /// connect.
-    fn on_oversized_command(&mut self, kind: &IncomingTopic<'_>, msg: &Incoming, size: usize) {
-        if msg.retain {
-            self.outbox.push(Message::retained(
-                Class::Info,
-                msg.topic.clone(),
-                Vec::<u8>::new(),
-            ));
-        }
-        let error = commands::CommandError::TooLarge(size).to_string();
-        let device = match *kind {
-            IncomingTopic::Set(d) | IncomingTopic::SetAttribute(d, _) | IncomingTopic::Get(d) => d,
-            IncomingTopic::BalancerSet(d) => d,
-            IncomingTopic::AlertsSet => "alerts",
-            _ => "bridge",
-        };
-        if let IncomingTopic::Request(cmd) = *kind {
-            self.commands_rejected += 1;
-            tracing::warn!(request = cmd, %error, "bridge request failed");
-            self.outbox.push(Message::transient(
-                self.topics.bridge_response(cmd),
-                payloads::response(Err(error), None),
-            ));
-            return;
-        }
-        let device = device.to_owned();
-        self.command_error(&device, &msg.topic, error);
-    }
-
-    fn on_command(&mut self, kind: &IncomingTopic<'_>, msg: &Incoming) {
-        match *kind {
-            IncomingTopic::Request(cmd) => self.on_request(cmd, &msg.payload),
-            IncomingTopic::Set(device) => {
-                let parsed = commands::parse_set(&msg.payload).map(Command::Set);
-                self.on_device_command(device, &msg.topic, parsed);
+            Route::BridgeRefresh => {
+                self.publish_bridge_info();
+                self.publish_bridge_state();
             }
-            IncomingTopic::SetAttribute(device, attr) => {
-                let parsed = commands::parse_set_attribute(attr, &msg.payload).map(Command::Set);
-                self.on_device_command(device, &msg.topic, parsed);
+            Route::Refresh { device } => {
+                self.republish_device(device);
+                self.send_to_driver(device, topic, DeviceCommand::Refresh);
             }
-            IncomingTopic::Get(device) => {
-                self.on_device_command(device, &msg.topic, Ok(Command::Refresh))
-            }
-            IncomingTopic::AlertsSet => {
-                let result = commands::parse_json_object(&msg.payload)
-                    .map_err(|e| e.to_string())
-                    .and_then(|v| {
-                        self.control
-                            .set_alert_thresholds(&self.registry, &v, control_now())
-                            .map_err(|e| e.to_string())
-                    });
-                match result {
+            Route::Set { device, set } => self.on_set(device, topic, set),
+            Route::AlertThresholds(v) => {
+                match self
+                    .control
+                    .set_alert_thresholds(&self.registry, &v, control_now())
+                {
                     Ok(outputs) => self.apply(outputs),
-                    Err(e) => self.command_error("alerts", &msg.topic, e),
+                    Err(e) => self.command_error("alerts", topic, e.to_string()),
                 }
             }
-            IncomingTopic::BalancerSet(inverter) => {
-                let result = commands::parse_json_object(&msg.payload)
-                    .map_err(|e| e.to_string())
-                    .and_then(|v| {
-                        self.control
-                            .set_balancer(&self.registry, inverter, &v, control_now())
-                            .map_err(|e| e.to_string())
-                    });
-                match result {
+            Route::Balancer { inverter, changes } => {
+                match self
+                    .control
+                    .set_balancer(&self.registry, inverter, &changes, control_now())
+                {
                     Ok(outputs) => self.apply(outputs),
-                    Err(e) => self.command_error(inverter, &msg.topic, e),
+                    Err(e) => self.command_error(inverter, topic, e.to_string()),
                 }
             }
-            _ => {}
+            Route::Refused {
+                device,
+                error,
+                clear,
+            } => {
+                if clear {
+                    self.clear_retained(topic);
+                }
+                self.command_error(device, topic, error);
+            }
         }
     }
 
-    fn on_request(&mut self, cmd: &str, payload: &[u8]) {
-        let (result, transaction) = match commands::parse_request(payload) {
-            Ok(req) => {
-                let result = match cmd {
-                    "health_check" => Ok(json!({"healthy": true})),
-                    "info" => Ok(self.bridge_info()),
-                    "balancer" => self.request_balancer(req.body),
-                    "alert_thresholds" => self.request_alert_thresholds(req.body),
-                    other => Err(format!(
-                        "unknown request '{other}'; available: health_check, info, balancer, alert_thresholds"
-                    )),
-                };
-                (result, req.transaction)
+    /// An empty retained payload: how a retained message is removed.
+    fn clear_retained(&mut self, topic: &str) {
+        self.outbox.push(Message::retained(
+            Class::Info,
+            topic.to_owned(),
+            Vec::<u8>::new(),
+        ));
+    }
+
+    fn on_request(&mut self, request: BridgeRequest) -> Result<Value, String> {
+        match request {
+            BridgeRequest::HealthCheck => Ok(json!({"healthy": true})),
+            BridgeRequest::Info => Ok(self.bridge_info()),
+            BridgeRequest::Balancer { inverter, changes } => {
+                self.request_balancer(&inverter, changes)
             }
-            Err(e) => (Err(e.to_string()), commands::salvage_transaction(payload)),
-        };
+            BridgeRequest::AlertThresholds(body) => self.request_alert_thresholds(body),
+        }
+    }
+
+    /// The answer on `bridge/response/<cmd>`; a refusal is counted and
+    /// logged once.
+    fn respond(&mut self, cmd: &str, result: Result<Value, String>, transaction: Option<Value>) {
         if let Err(error) = &result {
             self.commands_rejected += 1;
             tracing::warn!(request = cmd, %error, "bridge request failed");
@@ -846,25 +819,25 @@ impl Bridge {
 
     /// `bridge/request/balancer` `{"inverter": id, ...changes}`: answers
     /// with the balancer's state after the change (none: just the state).
-    fn request_balancer(&mut self, mut body: Map<String, Value>) -> Result<Value, String> {
-        let inverter = match body.remove("inverter") {
-            Some(Value::String(s)) => s,
-            _ => return Err("give the balancer's inverter: {\"inverter\": \"<id>\"}".into()),
-        };
-        if !body.is_empty() {
+    fn request_balancer(
+        &mut self,
+        inverter: &str,
+        changes: Map<String, Value>,
+    ) -> Result<Value, String> {
+        if !changes.is_empty() {
             let outputs = self
                 .control
                 .set_balancer(
                     &self.registry,
-                    &inverter,
-                    &Value::Object(body),
+                    inverter,
+                    &Value::Object(changes),
                     control_now(),
                 )
                 .map_err(|e| e.to_string())?;
             self.apply(outputs);
         }
         self.control
-            .balancer_status(&inverter)
+            .balancer_status(inverter)
             .ok_or_else(|| format!("no balancer for '{inverter}'"))
     }
 
@@ -881,93 +854,33 @@ impl Bridge {
         Ok(self.control.alert_thresholds())
     }
 
-    fn on_device_command(
-        &mut self,
-        device: &str,
-        topic: &str,
-        parsed: Result<Command, commands::CommandError>,
-    ) {
-        if device == "bridge" {
-            match parsed {
-                Ok(Command::Refresh) => {
-                    self.publish_bridge_info();
-                    self.publish_bridge_state();
-                }
-                _ => self.command_error(
-                    device,
-                    topic,
-                    "the bridge takes requests on bridge/request/<command>, not set".into(),
-                ),
+    /// `<plug>/set`: the mode and the timer are the bridge's business, the
+    /// state goes to the plug.
+    fn on_set(&mut self, device: &str, topic: &str, set: SetCommand) {
+        let now = control_now();
+        if let Some(mode) = set.mode {
+            match self.control.set_mode(&self.registry, device, mode, now) {
+                Ok(outputs) => self.apply(outputs),
+                Err(e) => return self.command_error(device, topic, e.to_string()),
             }
-            return;
         }
-        let Some(entry) = self.registry.get(device) else {
-            let known: Vec<&str> = self.registry.ids().collect();
-            let known = if known.is_empty() {
-                "none".to_owned()
-            } else {
-                known.join(", ")
-            };
-            self.command_error(
-                device,
-                topic,
-                format!("unknown device '{device}'; configured devices: {known}"),
-            );
-            return;
-        };
-        let kind = entry.kind;
-        // Only `get` parses without error and is not a set: any other
-        // command, well-formed or not, is a set, and only plugs take sets
-        // (saying which fields a plug accepts would mislead here).
-        if !matches!(parsed, Ok(Command::Refresh)) && kind != DeviceKind::Plug {
-            return self.command_error(
-                device,
-                topic,
-                format!(
-                    "'{device}' is {} and accepts no set commands (only {}/get)",
-                    kind.with_article(),
-                    device
-                ),
-            );
+        if let Some(timer) = set.timer {
+            let local = crate::clock::local_at(now);
+            match self
+                .control
+                .timer(&self.registry, device, timer, now, local)
+            {
+                Ok(outputs) => self.apply(outputs),
+                Err(e) => return self.command_error(device, topic, e.to_string()),
+            }
         }
-        let command = match parsed {
-            Ok(c) => c,
-            Err(e) => return self.command_error(device, topic, e.to_string()),
-        };
-        let command = match command {
-            Command::Refresh => {
-                self.republish_device(device);
-                DeviceCommand::Refresh
-            }
-            Command::Set(set) => {
-                let now = control_now();
-                if let Some(mode) = set.mode {
-                    match self.control.set_mode(&self.registry, device, mode, now) {
-                        Ok(outputs) => self.apply(outputs),
-                        Err(e) => return self.command_error(device, topic, e.to_string()),
-                    }
-                }
-                if let Some(timer) = set.timer {
-                    let local = crate::clock::local_at(now);
-                    match self
-                        .control
-                        .timer(&self.registry, device, timer, now, local)
-                    {
-                        Ok(outputs) => self.apply(outputs),
-                        Err(e) => return self.command_error(device, topic, e.to_string()),
-                    }
-                }
-                match set.state {
-                    // Modes and timers are the bridge's business, not the plug's.
-                    None => return,
-                    Some(state) => {
-                        self.control
-                            .user_switched(device, state == crate::model::SwitchState::On);
-                        DeviceCommand::Switch(state)
-                    }
-                }
-            }
-        };
+        if let Some(state) = set.state {
+            self.control.user_switched(device, state == SwitchState::On);
+            self.send_to_driver(device, topic, DeviceCommand::Switch(state));
+        }
+    }
+
+    fn send_to_driver(&mut self, device: &str, topic: &str, command: DeviceCommand) {
         match self.drivers.get(device) {
             Some(driver) => {
                 if driver.commands.send(command).is_err() {

@@ -7,6 +7,7 @@ pub mod control_entities;
 pub mod discovery;
 pub mod outbox;
 pub mod payloads;
+pub mod router;
 pub mod settings;
 pub mod topics;
 
