@@ -1,5 +1,7 @@
 //! Shared vocabulary of drivers, core and the MQTT surface.
 
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
 use serde::{Deserialize, Serialize};
 
 /// What kind of device an id stands for.
@@ -113,4 +115,45 @@ impl FieldSpec {
             kind: FieldKind::Sensor,
         }
     }
+}
+
+/// Wall-clock milliseconds since the Unix epoch.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct Timestamp(pub u64);
+
+impl Timestamp {
+    pub const fn from_millis(ms: u64) -> Self {
+        Self(ms)
+    }
+
+    /// A clock before 1970 reads as the epoch.
+    pub fn from_system_time(t: SystemTime) -> Self {
+        Self(t.duration_since(UNIX_EPOCH).map(millis).unwrap_or(0))
+    }
+
+    /// How long after `earlier` this is; zero if it is not after it.
+    pub fn since(self, earlier: Self) -> Duration {
+        Duration::from_millis(self.0.saturating_sub(earlier.0))
+    }
+
+    pub fn plus(self, d: Duration) -> Self {
+        Self(self.0.saturating_add(millis(d)))
+    }
+}
+
+/// A duration in whole milliseconds, saturating.
+pub fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Rounds to `decimals` places for publishing (3 × 0.1 as 0.3, not
+/// 0.30000000000000004), and never gives -0.0: a tiny negative or a sum
+/// of nothing reads 0 to JSON readers and Home Assistant.
+pub fn round(v: f64, decimals: u8) -> f64 {
+    const POW10: [f64; 7] = [1.0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6];
+    let p = POW10.get(usize::from(decimals)).copied().unwrap_or(1e6);
+    (v * p).round() / p + 0.0
 }

@@ -22,7 +22,7 @@ use crate::core::registry::Registry;
 use crate::core::timers::{
     self, LocalTime, PlugAutomation, PlugTimerStatus, TimerAction, TimerReason,
 };
-use crate::model::{DeviceKind, PlugMode, SwitchState, TimerCommand};
+use crate::model::{DeviceKind, PlugMode, SwitchState, TimerCommand, round};
 use crate::storage::Store;
 use executor::{Delivery, Executor};
 pub use persist::{LimitOverrides, Saved};
@@ -314,7 +314,7 @@ impl Control {
                     ("reason", reason_text(a.reason).into()),
                     ("load_w", opt_num(d.status.load_w)),
                     ("limit_w", opt_num(d.status.limit_w)),
-                    ("plug_w", round(a.power_w).into()),
+                    ("plug_w", round(a.power_w, 1).into()),
                 ],
             ));
         }
@@ -950,14 +950,8 @@ fn switch_text(on: bool) -> &'static str {
     if on { "ON" } else { "OFF" }
 }
 
-fn round(v: f64) -> f64 {
-    // `+ 0.0` turns -0.0 (a sum of nothing, a tiny negative) into 0.0, which
-    // is what JSON readers and Home Assistant should see.
-    (v * 10.0).round() / 10.0 + 0.0
-}
-
 fn opt_num(v: Option<f64>) -> Value {
-    v.map_or(Value::Null, |v| round(v).into())
+    v.map_or(Value::Null, |v| round(v, 1).into())
 }
 
 pub fn rfc3339(t: Timestamp) -> String {
@@ -978,7 +972,7 @@ fn status_json(s: &Status, c: &BalancerConfig, enabled: bool) -> Value {
                 "plug": e.plug,
                 "reason": reason_text(e.reason),
                 "since": rfc3339(e.since),
-                "power_w": round(e.power_w),
+                "power_w": round(e.power_w, 1),
             })
         })
         .collect();
@@ -991,7 +985,7 @@ fn status_json(s: &Status, c: &BalancerConfig, enabled: bool) -> Value {
         "load_w": opt_num(s.load_w),
         "headroom_w": opt_num(s.headroom_w),
         "shed_count": s.shed_count,
-        "shed_power_w": round(s.shed_power_w),
+        "shed_power_w": round(s.shed_power_w, 1),
         "shed": shed,
         "on_grid_w": c.on_grid_w,
         "off_grid_percent": c.off_grid_percent,
@@ -1004,9 +998,9 @@ mod tests {
     fn rounding_never_gives_negative_zero() {
         // An empty f64 sum is -0.0 (nothing shed): it must read 0.
         let nothing: f64 = std::iter::empty::<f64>().sum();
-        assert!(super::round(nothing).is_sign_positive());
-        assert!(super::round(-0.01).is_sign_positive());
-        assert_eq!(super::round(-1.26), -1.3);
+        assert!(crate::model::round(nothing, 1).is_sign_positive());
+        assert!(crate::model::round(-0.01, 1).is_sign_positive());
+        assert_eq!(crate::model::round(-1.26, 1), -1.3);
     }
 
     use super::*;

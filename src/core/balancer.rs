@@ -20,7 +20,7 @@
 //! The rules and their sources are in `specs/balancer.md` §5.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -46,36 +46,8 @@ const WINDOW_CAP: usize = 4096;
 /// 2^16 × min-off is far above the cap; stops the shift overflowing.
 const MAX_DOUBLINGS: u32 = 16;
 
-/// Wall-clock milliseconds since the Unix epoch.
-#[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
-#[serde(transparent)]
-pub struct Timestamp(pub u64);
-
-impl Timestamp {
-    pub const fn from_millis(ms: u64) -> Self {
-        Self(ms)
-    }
-
-    /// A clock before 1970 reads as the epoch.
-    pub fn from_system_time(t: SystemTime) -> Self {
-        Self(t.duration_since(UNIX_EPOCH).map(millis).unwrap_or(0))
-    }
-
-    /// How long after `earlier` this is; zero if it is not after it.
-    pub fn since(self, earlier: Self) -> Duration {
-        Duration::from_millis(self.0.saturating_sub(earlier.0))
-    }
-
-    pub fn plus(self, d: Duration) -> Self {
-        Self(self.0.saturating_add(millis(d)))
-    }
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
+pub use crate::model::Timestamp;
+use crate::model::millis;
 
 /// What the balancer needs to know about one plug from its configuration.
 #[derive(Debug, Clone, PartialEq)]

@@ -20,7 +20,10 @@ use std::fmt;
 use serde_json::{Map, Value as Json};
 use thiserror::Error;
 
-use crate::model::{FieldKind, FieldSpec};
+use crate::model::{FieldKind, FieldSpec, round};
+
+/// The most decimal places a register's scale gives (what `round` takes).
+const MAX_DECIMALS: u8 = 6;
 
 /// FC03 can return at most 125 registers in one reply (Modbus spec).
 pub const MODBUS_MAX_BLOCK: u16 = 125;
@@ -726,7 +729,7 @@ impl Identity {
     /// hybrid". The SGxx suffix is not in any register, so it is left out
     /// rather than guessed.
     pub fn model_name(&self) -> String {
-        let kw = round_to(self.rated_power_w / 1000.0, 1);
+        let kw = round(self.rated_power_w / 1000.0, 1);
         if kw > 0.0 {
             format!("SUN-{}K {}", number_json(kw), self.family)
         } else {
@@ -838,18 +841,6 @@ const fn decimals_for(scale: f64) -> u8 {
     MAX_DECIMALS
 }
 
-const MAX_DECIMALS: u8 = 6;
-const POW10: [f64; MAX_DECIMALS as usize + 1] = [1.0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6];
-
-/// Rounds to `decimals`, so 3 × 0.1 publishes as 0.3, not 0.30000000000000004.
-fn round_to(value: f64, decimals: u8) -> f64 {
-    let p = match POW10.get(usize::from(decimals)) {
-        Some(&p) => p,
-        None => 1e6,
-    };
-    (value * p).round() / p
-}
-
 fn number_json(value: f64) -> Json {
     // Whole numbers as integers: "2538", not "2538.0".
     if value.fract() == 0.0 && value.abs() < 9.0e15 {
@@ -894,7 +885,7 @@ pub fn decode_identity(regs: &Registers) -> Result<Identity, DecodeError> {
     let family = detect_family(device_type)?;
     let layout = &family.layout;
     let rated = &family.rated_power;
-    let rated_power_w = round_to(
+    let rated_power_w = round(
         read_int(regs, rated.addrs, rated.signed)? as f64 * rated.scale,
         rated.decimals,
     );
@@ -1106,7 +1097,7 @@ fn scaled(reg: &Register, raw: i64, opts: &DecodeOptions) -> f64 {
             (scale, decimals_for(scale))
         }
     };
-    round_to(raw as f64 * scale + reg.offset, decimals)
+    round(raw as f64 * scale + reg.offset, decimals)
 }
 
 /// Collects the typed values while walking the register list.
@@ -1214,11 +1205,11 @@ pub fn decode_sample(
     let grid_port = need(typed.grid_port, "grid_port_power")?;
     let gen_port = need(typed.gen_port, "gen_port_power")?;
     // Sunsynk's "essential 1 power": 2538 − 2018 = 520 W in the CT-mode dump.
-    let load_port = round_to(
+    let load_port = round(
         inverter + grid_port - gen_port,
         decimals_for(opts.power_scale),
     );
-    let pv_power = round_to(typed.pv_strings.iter().sum(), 0);
+    let pv_power = round(typed.pv_strings.iter().sum(), 0);
     values.push(("pv_power", Value::Number(pv_power)));
     values.push(("load_port_power", Value::Number(load_port)));
 

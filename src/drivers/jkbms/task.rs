@@ -86,10 +86,13 @@ pub fn state_object(
     let mut values = info.to_map();
     values.extend(settings.clone());
     values.extend(frames.to_map());
-    values.insert("energy_charged".into(), round3(energy.charged_kwh).into());
+    values.insert(
+        "energy_charged".into(),
+        crate::model::round(energy.charged_kwh, 3).into(),
+    );
     values.insert(
         "energy_discharged".into(),
-        round3(energy.discharged_kwh).into(),
+        crate::model::round(energy.discharged_kwh, 3).into(),
     );
     values
 }
@@ -166,10 +169,6 @@ impl Pack {
             self.save_energy();
         }
     }
-}
-
-fn round3(v: f64) -> f64 {
-    (v * 1000.0).round() / 1000.0
 }
 
 /// Why a session ended.

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use super::api::{DeviceInfo, EnergyUsage};
 use super::client::{PlugClient, TapoError};
 use crate::drivers::{DeviceInfo as Identity, DriverEvent, DriverHandle};
-use crate::model::{DeviceCommand, FieldKind, FieldSpec, SwitchState};
+use crate::model::{DeviceCommand, FieldKind, FieldSpec, SwitchState, round};
 
 /// Failed polls in a row before the plug is reported unavailable.
 const UNAVAILABLE_AFTER: u32 = 2;
@@ -141,11 +141,6 @@ fn info_values(info: &DeviceInfo) -> Map<String, Value> {
         m.insert("model".into(), model.clone().into());
     }
     m
-}
-
-fn round(v: f64, decimals: i32) -> f64 {
-    let f = 10f64.powi(decimals);
-    (v * f).round() / f
 }
 
 fn energy_values(e: &EnergyUsage, m: &mut Map<String, Value>) {
