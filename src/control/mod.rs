@@ -56,10 +56,10 @@ pub enum Output {
 /// A rejected control command, worded for the user.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
-pub struct CommandError(pub String);
+pub struct ControlError(pub String);
 
-fn err<T>(msg: impl Into<String>) -> Result<T, CommandError> {
-    Err(CommandError(msg.into()))
+fn err<T>(msg: impl Into<String>) -> Result<T, ControlError> {
+    Err(ControlError(msg.into()))
 }
 
 /// One inverter's balancer.
@@ -525,7 +525,7 @@ impl Control {
         registry: &Registry,
         payload: &Value,
         now: Timestamp,
-    ) -> Result<Vec<Output>, CommandError> {
+    ) -> Result<Vec<Output>, ControlError> {
         let Some(obj) = payload.as_object().filter(|o| !o.is_empty()) else {
             return err(
                 "expected a JSON object of rule ids and thresholds, such as {\"soc_low\": 25}",
@@ -537,10 +537,10 @@ impl Control {
             let value = v
                 .as_f64()
                 .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
-                .ok_or_else(|| CommandError(format!("{rule}: expected a number, got {v}")))?;
+                .ok_or_else(|| ControlError(format!("{rule}: expected a number, got {v}")))?;
             rules
                 .set_threshold(rule, value)
-                .map_err(|e| CommandError(format!("{rule}: {e}")))?;
+                .map_err(|e| ControlError(format!("{rule}: {e}")))?;
             edits.push((rule.clone(), value));
         }
         self.rules = rules;
@@ -678,7 +678,7 @@ impl Control {
         plug: &str,
         mode: PlugMode,
         now: Timestamp,
-    ) -> Result<Vec<Output>, CommandError> {
+    ) -> Result<Vec<Output>, ControlError> {
         if !self.plugs.iter().any(|p| p == plug) {
             return err(format!("'{plug}' is not a plug"));
         }
@@ -719,7 +719,7 @@ impl Control {
         inverter: &str,
         payload: &Value,
         now: Timestamp,
-    ) -> Result<Vec<Output>, CommandError> {
+    ) -> Result<Vec<Output>, ControlError> {
         let Some(i) = self.units.iter().position(|u| u.inverter == inverter) else {
             let known: Vec<&str> = self.inverters().collect();
             return err(format!(
@@ -743,7 +743,7 @@ impl Control {
             match k.as_str() {
                 "enabled" => {
                     enabled = Some(parse_bool(v).ok_or_else(|| {
-                        CommandError(format!("enabled: expected true or false, got {v}"))
+                        ControlError(format!("enabled: expected true or false, got {v}"))
                     })?)
                 }
                 "on_grid_w" => limits.on_grid_w = Some(ranged(k, v, 100.0, 100_000.0)?),
@@ -779,7 +779,7 @@ impl Control {
         command: TimerCommand,
         now: Timestamp,
         local: LocalTime,
-    ) -> Result<Vec<Output>, CommandError> {
+    ) -> Result<Vec<Output>, ControlError> {
         let mode = self.mode(plug);
         // The wish's direction does not matter to a lock: ask with ON.
         let asked = arbiter::decide(
@@ -806,7 +806,7 @@ impl Control {
                 timers::cancel_timer(&mut self.saved.timers, &self.automations, plug, now)
             }
         }
-        .map_err(|e| CommandError(e.to_string()))?;
+        .map_err(|e| ControlError(e.to_string()))?;
         let mut out = Vec::new();
         let on = action.state == SwitchState::On;
         // The user's own timer: delivered even to a shed plug (the
@@ -899,7 +899,7 @@ fn parse_bool(v: &Value) -> Option<bool> {
     }
 }
 
-fn ranged(key: &str, v: &Value, min: f64, max: f64) -> Result<f64, CommandError> {
+fn ranged(key: &str, v: &Value, min: f64, max: f64) -> Result<f64, ControlError> {
     let n = v
         .as_f64()
         .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))

@@ -9,7 +9,7 @@ use crate::model::{PlugMode, SwitchState, TimerCommand};
 pub const MAX_COMMAND_BYTES: usize = 64 * 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum CommandError {
+pub enum ParseError {
     #[error("payload of {0} bytes is too large (at most {MAX_COMMAND_BYTES})")]
     TooLarge(usize),
     #[error("payload is not UTF-8 text")]
@@ -54,18 +54,18 @@ pub enum Command {
 }
 
 /// `{"a": 1}` as a map, for the control commands (balancer, alerts).
-pub fn parse_json_object(payload: &[u8]) -> Result<Value, CommandError> {
+pub fn parse_json_object(payload: &[u8]) -> Result<Value, ParseError> {
     let text = text(payload)?;
     match serde_json::from_str::<Value>(text.trim()) {
         Ok(v @ Value::Object(_)) => Ok(v),
-        Ok(_) => Err(CommandError::NotObject),
-        Err(_) => Err(CommandError::NotJson(preview(text.trim()))),
+        Ok(_) => Err(ParseError::NotObject),
+        Err(_) => Err(ParseError::NotJson(preview(text.trim()))),
     }
 }
 
 /// `{"state":"ON"}`, `{"mode":"auto"}`, `{"state":"OFF","mode":"off"}`,
 /// or a bare `ON` / `OFF` / `TOGGLE`.
-pub fn parse_set(payload: &[u8]) -> Result<SetCommand, CommandError> {
+pub fn parse_set(payload: &[u8]) -> Result<SetCommand, ParseError> {
     let text = text(payload)?;
     let trimmed = text.trim();
     if let Some(state) = switch_state(trimmed) {
@@ -75,7 +75,7 @@ pub fn parse_set(payload: &[u8]) -> Result<SetCommand, CommandError> {
         });
     }
     let value: Value =
-        serde_json::from_str(trimmed).map_err(|_| CommandError::NotJson(preview(trimmed)))?;
+        serde_json::from_str(trimmed).map_err(|_| ParseError::NotJson(preview(trimmed)))?;
     let map = match value {
         Value::Object(map) => map,
         Value::String(s) => {
@@ -86,13 +86,13 @@ pub fn parse_set(payload: &[u8]) -> Result<SetCommand, CommandError> {
                 })
                 .ok_or_else(|| invalid("state", &Value::String(s), "ON, OFF, TOGGLE"));
         }
-        _ => return Err(CommandError::NotObject),
+        _ => return Err(ParseError::NotObject),
     };
     set_from_map(&map)
 }
 
 /// `<device>/set/<attribute>` with a bare value: `…/set/state` ← `ON`.
-pub fn parse_set_attribute(attribute: &str, payload: &[u8]) -> Result<SetCommand, CommandError> {
+pub fn parse_set_attribute(attribute: &str, payload: &[u8]) -> Result<SetCommand, ParseError> {
     let text = text(payload)?;
     let value = serde_json::from_str::<Value>(text.trim())
         .unwrap_or_else(|_| Value::String(text.trim().to_owned()));
@@ -101,7 +101,7 @@ pub fn parse_set_attribute(attribute: &str, payload: &[u8]) -> Result<SetCommand
     set_from_map(&map)
 }
 
-fn set_from_map(map: &Map<String, Value>) -> Result<SetCommand, CommandError> {
+fn set_from_map(map: &Map<String, Value>) -> Result<SetCommand, ParseError> {
     let mut state = None;
     let mut mode = None;
     let mut timer = None;
@@ -125,7 +125,7 @@ fn set_from_map(map: &Map<String, Value>) -> Result<SetCommand, CommandError> {
             }
             "timer" => timer = Some(timer_command(value)?),
             other => {
-                return Err(CommandError::UnknownField {
+                return Err(ParseError::UnknownField {
                     field: other.to_owned(),
                     accepted: SET_FIELDS.join(", "),
                 });
@@ -133,7 +133,7 @@ fn set_from_map(map: &Map<String, Value>) -> Result<SetCommand, CommandError> {
         }
     }
     if state.is_none() && mode.is_none() && timer.is_none() {
-        return Err(CommandError::Empty(SET_FIELDS.join(", ")));
+        return Err(ParseError::Empty(SET_FIELDS.join(", ")));
     }
     // A timer decides the relay itself: a start switches the plug on, a
     // cancel switches it off. A `state` beside it may only say the same
@@ -146,12 +146,12 @@ fn set_from_map(map: &Map<String, Value>) -> Result<SetCommand, CommandError> {
                 state = None;
             }
             (TimerCommand::Start(_), _) => {
-                return Err(CommandError::Conflict(
+                return Err(ParseError::Conflict(
                     "a timer switches the plug on for its minutes: give `state` ON or no `state` with it",
                 ));
             }
             (TimerCommand::Cancel, _) => {
-                return Err(CommandError::Conflict(
+                return Err(ParseError::Conflict(
                     "cancelling the timer switches the plug off: give `state` OFF or no `state` with it",
                 ));
             }
@@ -161,7 +161,7 @@ fn set_from_map(map: &Map<String, Value>) -> Result<SetCommand, CommandError> {
 }
 
 /// `"timer": 30` (minutes; 0 stops it) or `"timer": "cancel"`.
-fn timer_command(value: &Value) -> Result<TimerCommand, CommandError> {
+fn timer_command(value: &Value) -> Result<TimerCommand, ParseError> {
     const EXPECTED: &str = "minutes from 1 to 1440, 0 or \"cancel\" to stop";
     let minutes = match value {
         Value::String(s) if s.trim().eq_ignore_ascii_case("cancel") => {
@@ -187,7 +187,7 @@ pub struct Request {
     pub transaction: Option<Value>,
 }
 
-pub fn parse_request(payload: &[u8]) -> Result<Request, CommandError> {
+pub fn parse_request(payload: &[u8]) -> Result<Request, ParseError> {
     let text = text(payload)?;
     if text.trim().is_empty() {
         return Ok(Request {
@@ -204,8 +204,8 @@ pub fn parse_request(payload: &[u8]) -> Result<Request, CommandError> {
             body: Map::new(),
             transaction: None,
         }),
-        Ok(_) => Err(CommandError::NotObject),
-        Err(e) => Err(CommandError::NotJson(e.to_string())),
+        Ok(_) => Err(ParseError::NotObject),
+        Err(e) => Err(ParseError::NotJson(e.to_string())),
     }
 }
 
@@ -221,11 +221,11 @@ pub fn salvage_transaction(payload: &[u8]) -> Option<Value> {
         .cloned()
 }
 
-fn text(payload: &[u8]) -> Result<&str, CommandError> {
+fn text(payload: &[u8]) -> Result<&str, ParseError> {
     if payload.len() > MAX_COMMAND_BYTES {
-        return Err(CommandError::TooLarge(payload.len()));
+        return Err(ParseError::TooLarge(payload.len()));
     }
-    std::str::from_utf8(payload).map_err(|_| CommandError::NotUtf8)
+    std::str::from_utf8(payload).map_err(|_| ParseError::NotUtf8)
 }
 
 fn switch_state(s: &str) -> Option<SwitchState> {
@@ -246,8 +246,8 @@ fn plug_mode(s: &str) -> Option<PlugMode> {
     }
 }
 
-fn invalid(field: &str, value: &Value, expected: &'static str) -> CommandError {
-    CommandError::InvalidValue {
+fn invalid(field: &str, value: &Value, expected: &'static str) -> ParseError {
+    ParseError::InvalidValue {
         field: field.to_owned(),
         value: preview(&value.to_string()),
         expected,
@@ -303,16 +303,13 @@ mod tests {
 
     #[test]
     fn rejects_with_a_reason() {
-        assert!(matches!(
-            parse_set(b"banana"),
-            Err(CommandError::NotJson(_))
-        ));
+        assert!(matches!(parse_set(b"banana"), Err(ParseError::NotJson(_))));
         assert!(matches!(
             parse_set(b"{not json"),
-            Err(CommandError::NotJson(_))
+            Err(ParseError::NotJson(_))
         ));
-        assert_eq!(parse_set(b"[1,2]"), Err(CommandError::NotObject));
-        assert!(matches!(parse_set(b"{}"), Err(CommandError::Empty(_))));
+        assert_eq!(parse_set(b"[1,2]"), Err(ParseError::NotObject));
+        assert!(matches!(parse_set(b"{}"), Err(ParseError::Empty(_))));
         let e = parse_set(br#"{"state":"ON","colour":"red"}"#).unwrap_err();
         assert_eq!(
             e.to_string(),
@@ -343,14 +340,14 @@ mod tests {
         }
         assert!(matches!(
             parse_json_object(b"[1]"),
-            Err(CommandError::NotObject)
+            Err(ParseError::NotObject)
         ));
         assert!(parse_json_object(br#"{"enabled":false}"#).is_ok());
         let e = parse_set(br#"{"state":"MAYBE"}"#).unwrap_err();
         assert!(e.to_string().contains("'state'"), "{e}");
         let big = vec![b'a'; 1024 * 1024];
-        assert_eq!(parse_set(&big), Err(CommandError::TooLarge(1024 * 1024)));
-        assert_eq!(parse_set(&[0xff, 0xfe]), Err(CommandError::NotUtf8));
+        assert_eq!(parse_set(&big), Err(ParseError::TooLarge(1024 * 1024)));
+        assert_eq!(parse_set(&[0xff, 0xfe]), Err(ParseError::NotUtf8));
     }
 
     #[test]
@@ -377,7 +374,7 @@ mod tests {
             br#"{"timer":0,"state":"ON"}"#,
         ] {
             let e = parse_set(bad).unwrap_err();
-            assert!(matches!(e, CommandError::Conflict(_)), "{e}");
+            assert!(matches!(e, ParseError::Conflict(_)), "{e}");
             assert!(e.to_string().contains("`state`"), "{e}");
         }
         // With a mode, both are kept.

@@ -15,7 +15,7 @@
 
 use serde_json::{Map, Value};
 
-use super::commands::{self, Command, CommandError, SetCommand};
+use super::commands::{self, Command, ParseError, SetCommand};
 use super::discovery;
 use super::topics::{IncomingTopic, Topics};
 use crate::core::registry::Registry;
@@ -125,7 +125,7 @@ pub fn route<'a>(topics: &Topics, msg: Inbound<'a>, devices: &dyn Devices) -> Ro
 
 fn command<'a>(kind: IncomingTopic<'a>, msg: Inbound<'a>, devices: &dyn Devices) -> Route<'a> {
     if let Some(size) = msg.oversized {
-        let error = CommandError::TooLarge(size).to_string();
+        let error = ParseError::TooLarge(size).to_string();
         let clear = msg.retain;
         return match kind {
             IncomingTopic::Request(cmd) => Route::RequestRefused {
@@ -246,7 +246,7 @@ fn request<'a>(cmd: &'a str, payload: &[u8]) -> Route<'a> {
 
 fn device_command<'a>(
     device: &'a str,
-    parsed: Result<Command, CommandError>,
+    parsed: Result<Command, ParseError>,
     devices: &dyn Devices,
 ) -> Route<'a> {
     let refused = |error: String| Route::Refused {

@@ -179,7 +179,7 @@ fn retained_empty_and_oversized_commands() {
         routed(big),
         Route::Refused {
             device: "deye",
-            error: CommandError::TooLarge(300_000).to_string(),
+            error: ParseError::TooLarge(300_000).to_string(),
             clear: true,
         }
     );
@@ -191,7 +191,7 @@ fn retained_empty_and_oversized_commands() {
         routed(big_request),
         Route::RequestRefused {
             cmd: "info",
-            error: CommandError::TooLarge(300_000).to_string(),
+            error: ParseError::TooLarge(300_000).to_string(),
             transaction: None,
             clear: false,
         }
@@ -257,7 +257,7 @@ fn bridge_requests() {
         routed(msg("e2m/bridge/request/info", b"[1]")),
         Route::RequestRefused {
             cmd: "info",
-            error: CommandError::NotObject.to_string(),
+            error: ParseError::NotObject.to_string(),
             transaction: None,
             clear: false,
         }
@@ -272,7 +272,7 @@ fn control_commands_and_the_rest() {
     );
     assert_eq!(
         routed(msg("e2m/alerts/set", b"25")),
-        refused("alerts", &CommandError::NotObject.to_string())
+        refused("alerts", &ParseError::NotObject.to_string())
     );
     assert_eq!(
         routed(msg("e2m/balancer/deye/set", br#"{"enabled": true}"#)),

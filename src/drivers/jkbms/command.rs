@@ -17,7 +17,7 @@ pub const MAX_PAYLOAD: usize = 13;
 pub const ACK_REGISTER: u8 = 0xC8;
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
-pub enum CommandError {
+pub enum FrameError {
     #[error("a JK-BMS command is exactly {COMMAND_LEN} bytes, got {0}")]
     Length(usize),
     #[error("a JK-BMS command starts with AA 55 90 EB")]
@@ -95,20 +95,18 @@ pub struct Command {
 impl Command {
     /// Checks length, header and checksum (over the filler too: the app's
     /// random filler is covered by its checksum).
-    pub fn decode(bytes: &[u8]) -> Result<Self, CommandError> {
+    pub fn decode(bytes: &[u8]) -> Result<Self, FrameError> {
         let bytes: &[u8; COMMAND_LEN] = bytes
             .try_into()
-            .map_err(|_| CommandError::Length(bytes.len()))?;
+            .map_err(|_| FrameError::Length(bytes.len()))?;
         let [h0, h1, h2, h3, register, len, rest @ ..] = bytes;
         if [*h0, *h1, *h2, *h3] != COMMAND_HEADER {
-            return Err(CommandError::Header);
+            return Err(FrameError::Header);
         }
-        let (got, body) = bytes
-            .split_last()
-            .ok_or(CommandError::Length(bytes.len()))?;
+        let (got, body) = bytes.split_last().ok_or(FrameError::Length(bytes.len()))?;
         let computed = checksum(body);
         if computed != *got {
-            return Err(CommandError::Checksum {
+            return Err(FrameError::Checksum {
                 computed,
                 got: *got,
             });
@@ -117,7 +115,7 @@ impl Command {
         let payload = rest
             .get(..len)
             .filter(|_| len <= MAX_PAYLOAD)
-            .ok_or(CommandError::PayloadLength(len))?;
+            .ok_or(FrameError::PayloadLength(len))?;
         Ok(Self {
             register: *register,
             payload: payload.to_vec(),
@@ -182,7 +180,7 @@ impl WriteCommand {
         variant: Variant,
         switch: Switch,
         on: bool,
-    ) -> Result<Self, CommandError> {
+    ) -> Result<Self, FrameError> {
         let value = u32::from(on).to_le_bytes();
         let (register, payload): (u8, &[u8]) = match (variant, switch) {
             (Variant::Jk02_24s | Variant::Jk02_32s, Switch::Charging) => (0x1D, &value),
@@ -191,7 +189,7 @@ impl WriteCommand {
             (Variant::Jk02_32s, Switch::Heating) => (0x27, &value),
             (Variant::Jk02_32s, Switch::ChargingFloatMode) => (0x30, &value),
             (Variant::Jk04, Switch::Balancer) => (0x6C, &[u8::from(on)]),
-            _ => return Err(CommandError::Unsupported { switch, variant }),
+            _ => return Err(FrameError::Unsupported { switch, variant }),
         };
         Ok(Self {
             bytes: build(register, payload),
@@ -244,7 +242,7 @@ mod tests {
         );
         assert_eq!(
             WriteCommand::switch(&token, Variant::Jk02_24s, Switch::Heating, true),
-            Err(CommandError::Unsupported {
+            Err(FrameError::Unsupported {
                 switch: Switch::Heating,
                 variant: Variant::Jk02_24s
             })
@@ -278,15 +276,15 @@ mod tests {
         bad[10] = 1;
         assert!(matches!(
             Command::decode(&bad),
-            Err(CommandError::Checksum { .. })
+            Err(FrameError::Checksum { .. })
         ));
-        assert_eq!(Command::decode(&bad[..19]), Err(CommandError::Length(19)));
+        assert_eq!(Command::decode(&bad[..19]), Err(FrameError::Length(19)));
         let mut bad = Request::CellInfo.encode();
         bad[0] = 0;
-        assert_eq!(Command::decode(&bad), Err(CommandError::Header));
+        assert_eq!(Command::decode(&bad), Err(FrameError::Header));
         let mut bad = Request::CellInfo.encode();
         bad[5] = 14;
         bad[19] = bad[19].wrapping_add(14);
-        assert_eq!(Command::decode(&bad), Err(CommandError::PayloadLength(14)));
+        assert_eq!(Command::decode(&bad), Err(FrameError::PayloadLength(14)));
     }
 }
