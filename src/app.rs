@@ -178,6 +178,8 @@ pub async fn run_with(
     }
     tracing::info!("shutting down");
     bridge.set_healthy(false);
+    // Whatever control state is still pending reaches the disk first.
+    let _ = tokio::task::spawn_blocking(bridge.control_writer()).await;
     // The drivers' tokens are children of `shutdown`: give them a moment to
     // release their devices (a pack must be free for the phone app, a
     // logger stick runs out of sockets when clients vanish).
@@ -403,6 +405,8 @@ pub struct Bridge {
     /// Home Assistant.
     deferred_stale: Vec<String>,
     control: Control,
+    /// The control state waiting to be written (see `save_control`).
+    control_latest: Arc<std::sync::Mutex<Option<Box<control::Saved>>>>,
     /// Outputs of loading the control state, published with the rest.
     control_startup: Vec<control::Output>,
 }
@@ -443,7 +447,54 @@ impl Bridge {
             known: Known::default(),
             deferred_stale: Vec::new(),
             control,
+            control_latest: Arc::default(),
             control_startup,
+        }
+    }
+
+    /// Writes `control.json` off this task (it fsyncs). Writes may run in
+    /// any order: each takes the newest state under one lock, so the file
+    /// always ends with it. A failure is reported once (`state_error`) and
+    /// the control plane hands the state out again at its next step.
+    fn save_control(&mut self, saved: Box<control::Saved>) {
+        *self
+            .control_latest
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(saved);
+        let writer = self.control_writer();
+        tokio::task::spawn_blocking(writer);
+    }
+
+    /// The blocking write of the newest pending control state.
+    fn control_writer(&self) -> impl FnOnce() + Send + 'static {
+        let latest = self.control_latest.clone();
+        let failed = self.control.save_failed();
+        let store = crate::storage::Store::new(self.config.storage.dir.clone());
+        let outbox = self.outbox.clone();
+        let event_topic = self.topics.bridge_event();
+        move || {
+            let mut guard = latest.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(saved) = guard.take() else {
+                return;
+            };
+            match control::persist::write(&store, &saved) {
+                Ok(()) => {
+                    if failed.swap(false, std::sync::atomic::Ordering::Relaxed) {
+                        tracing::info!("control state saved again");
+                    }
+                }
+                Err(e) => {
+                    if !failed.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                        tracing::error!(error = %e, "control state not saved; a restart would forget what is shed");
+                        let mut fields = Map::new();
+                        fields.insert("error".into(), e.to_string().into());
+                        outbox.push(Message::transient(
+                            event_topic,
+                            payloads::event("state_error", None, fields),
+                        ));
+                    }
+                }
+            }
         }
     }
 
@@ -474,6 +525,7 @@ impl Bridge {
     fn apply(&mut self, outputs: Vec<control::Output>) {
         for o in outputs {
             match o {
+                control::Output::Save(saved) => self.save_control(saved),
                 control::Output::Switch { plug, on } => {
                     let command = DeviceCommand::Switch(if on {
                         SwitchState::On

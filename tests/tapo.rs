@@ -433,3 +433,102 @@ async fn discovery_waits_for_the_plug_model_instead_of_flickering() {
     }
     assert_eq!(bridge.terminate(), Some(0));
 }
+
+/// The control state (`control.json`) is written off the bridge's task:
+/// a mode reaches the disk, survives a restart, and a file that cannot be
+/// written is reported once while the bridge keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_control_state_is_saved_and_a_failing_save_is_reported_once() {
+    let broker = Broker::start(BrokerKind::Embedded);
+    let lamp = plug(Flavour::P100, Load::Constant { watts: 60.0 }).await;
+    lamp.set_on(false);
+    let toml = config(&plug_toml("lamp", lamp.addr.port(), "nominal_w = 60.0"));
+    let mut client = Client::connect(
+        broker.port,
+        &["energy2mqtt/lamp", "energy2mqtt/bridge/event"],
+    )
+    .await;
+    let mut first = Bridge::start(&broker.url(), &toml, &[]);
+    client
+        .expect(Duration::from_secs(10), state_of("lamp"))
+        .await
+        .expect("lamp state");
+    client
+        .publish("energy2mqtt/lamp/set", r#"{"mode":"on"}"#, false)
+        .await;
+    let file = first.data_dir().join("control.json");
+    let saved = || {
+        std::fs::read(&file)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while saved().is_none_or(|v| v["modes"]["lamp"] != "on") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the mode never reached control.json: {:?}\n{}",
+            saved(),
+            first.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(first.terminate(), Some(0));
+
+    // Started again on the same storage: the lock is back.
+    let data = first.data_dir();
+    let data = data.to_str().unwrap();
+    client.drain();
+    let mut second = Bridge::start(&broker.url(), &toml, &[("E2M_STORAGE__DIR", data)]);
+    let s = client
+        .expect(Duration::from_secs(10), |m| {
+            state_of("lamp")(m) && m.json()["last_seen"].is_string()
+        })
+        .await
+        .expect("the lamp's state after the restart");
+    assert_eq!(s.json()["mode"], "on", "the mode survives a restart: {}", s.json());
+    assert!(lamp.is_on());
+    assert_eq!(second.terminate(), Some(0));
+
+    // control.json cannot be written (a directory in its place): reported
+    // at the load and once at the first failed write, never again, and
+    // the bridge goes on switching.
+    std::fs::remove_file(&file).unwrap();
+    std::fs::create_dir_all(file.join("in-the-way")).unwrap();
+    client.drain();
+    let mut third = Bridge::start(&broker.url(), &toml, &[("E2M_STORAGE__DIR", data)]);
+    let mut seen = client.collect(Duration::from_secs(4)).await;
+    for mode in ["off", "auto", "on", "auto"] {
+        client
+            .publish(
+                "energy2mqtt/lamp/set",
+                format!(r#"{{"mode":"{mode}"}}"#),
+                false,
+            )
+            .await;
+        seen.extend(client.collect(Duration::from_millis(400)).await);
+    }
+    seen.extend(client.collect(Duration::from_secs(2)).await);
+    let errors: Vec<serde_json::Value> = seen
+        .iter()
+        .filter(|m| m.topic == "energy2mqtt/bridge/event")
+        .map(|m| m.json())
+        .filter(|v| v["type"] == "state_error")
+        .collect();
+    assert_eq!(errors.len(), 2, "load + first failed write: {errors:?}");
+    assert!(
+        errors
+            .iter()
+            .all(|e| e["error"].as_str().is_some_and(|t| t.contains("control"))),
+        "{errors:?}"
+    );
+    // The last lock (on) switched it on; `auto` leaves it so.
+    assert!(lamp.is_on(), "{}", third.log_text());
+    assert!(third.is_running(), "{}", third.log_text());
+    let log = third.log_text();
+    assert_eq!(
+        log.matches("control state not saved").count(),
+        1,
+        "one log line for the failing writes:\n{log}"
+    );
+    assert_eq!(third.terminate(), Some(0));
+}

@@ -7,9 +7,11 @@
 
 pub mod executor;
 pub mod inputs;
-mod persist;
+pub mod persist;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
@@ -51,6 +53,11 @@ pub enum Output {
         plug: String,
         values: Map<String, Value>,
     },
+    /// Write this to `control.json` ([`persist::write`]), off the bridge's
+    /// task: a write fsyncs. The writer reports a failure (one
+    /// `state_error` event) and sets [`Control::save_failed`], and the
+    /// next step hands the state out again.
+    Save(Box<Saved>),
 }
 
 /// A rejected control command, worded for the user.
@@ -78,7 +85,6 @@ struct Unit {
 /// The control plane's state.
 #[derive(Debug)]
 pub struct Control {
-    store: Store,
     base_config: BalancerConfig,
     units: Vec<Unit>,
     plugs: Vec<String>,
@@ -91,8 +97,9 @@ pub struct Control {
     executor: Executor,
     /// Plug attributes last handed out, to hand out only changes.
     attributes: BTreeMap<String, Map<String, Value>>,
-    /// A save failed: retried on the next step and reported once.
-    save_failed: bool,
+    /// Set by the writer when a save failed: handed out again on the
+    /// next step (reported once, by the writer).
+    save_failed: Arc<AtomicBool>,
 }
 
 impl Control {
@@ -114,7 +121,6 @@ impl Control {
             }
         };
         let mut control = Self {
-            store,
             base_config: config.balancer.clone(),
             units: Vec::new(),
             plugs: config.plug.iter().map(|p| p.id.clone()).collect(),
@@ -126,7 +132,7 @@ impl Control {
             saved,
             executor: Executor::default(),
             attributes: BTreeMap::new(),
-            save_failed: false,
+            save_failed: Arc::default(),
         };
         for inv in &config.inverter {
             let policies = balancer::policies_for(&config.plug, &inv.id);
@@ -235,7 +241,7 @@ impl Control {
                 }
             }
         }
-        if changed || self.save_failed {
+        if changed || self.save_failed.load(Ordering::Relaxed) {
             self.save(&mut out);
         }
         self.plug_attributes(&mut out);
@@ -563,6 +569,7 @@ impl Control {
         })
     }
 
+    /// Hands the state to keep out as an [`Output::Save`].
     fn save(&mut self, out: &mut Vec<Output>) {
         self.saved.balancers = self
             .units
@@ -570,25 +577,13 @@ impl Control {
             .map(|u| (u.inverter.clone(), u.state.persisted().clone()))
             .collect();
         self.saved.alerts = self.alert_state.clone();
-        match self.store.save(persist::FILE, &self.saved) {
-            Ok(()) => {
-                if self.save_failed {
-                    tracing::info!("control state saved again");
-                }
-                self.save_failed = false;
-            }
-            Err(e) => {
-                if !self.save_failed {
-                    tracing::error!(error = %e, "control state not saved; a restart would forget what is shed");
-                    out.push(event(
-                        "state_error",
-                        None,
-                        [("error", e.to_string().into())],
-                    ));
-                }
-                self.save_failed = true;
-            }
-        }
+        out.push(Output::Save(Box::new(self.saved.clone())));
+    }
+
+    /// Shared with whoever writes [`Output::Save`]: set while saving
+    /// fails.
+    pub fn save_failed(&self) -> Arc<AtomicBool> {
+        self.save_failed.clone()
     }
 
     /// The plug attributes that changed since they were last handed out.
@@ -1055,6 +1050,17 @@ mod tests {
         LocalTime::EPOCH
     }
 
+    /// What the bridge's writer does with the control plane's outputs:
+    /// the newest `Save` reaches `control.json`.
+    fn written(dir: &std::path::Path, out: &[Output]) {
+        if let Some(saved) = out.iter().rev().find_map(|o| match o {
+            Output::Save(s) => Some(s),
+            _ => None,
+        }) {
+            persist::write(&Store::new(dir), saved).unwrap();
+        }
+    }
+
     fn switches(out: &[Output]) -> Vec<(String, bool)> {
         out.iter()
             .filter_map(|o| match o {
@@ -1105,6 +1111,7 @@ mod tests {
         assert!(boiler, "3 kW is under 7.4 kW");
         let out = run(&mut c, &mut r, T0 + 10_000, 15, 6000.0, &mut boiler);
         assert_eq!(switches(&out), vec![("boiler".to_owned(), false)]);
+        written(dir.path(), &out);
         assert!(out.iter().any(|o| matches!(
             o,
             Output::Event {
@@ -1147,6 +1154,7 @@ mod tests {
         let now = at(T0 + 31_000);
         let out = c.set_mode(&r, "lamp", PlugMode::On, now).unwrap();
         assert!(switches(&out).contains(&("lamp".to_owned(), true)));
+        written(dir.path(), &out);
         let e = c
             .timer(
                 &r,
@@ -1199,13 +1207,15 @@ mod tests {
             .set_balancer(&r, "ghost", &json!({"enabled": false}), now)
             .unwrap_err();
         assert!(e.0.contains("balancers: inv"), "{e}");
-        c.set_balancer(
-            &r,
-            "inv",
-            &json!({"on_grid_w": "6000", "enabled": "OFF"}),
-            now,
-        )
-        .unwrap();
+        let out = c
+            .set_balancer(
+                &r,
+                "inv",
+                &json!({"on_grid_w": "6000", "enabled": "OFF"}),
+                now,
+            )
+            .unwrap();
+        written(dir.path(), &out);
         assert_eq!(c.units[0].config.on_grid_w, 6000.0);
         assert!(!c.units[0].state.persisted().enabled);
         let (c2, _) = Control::new(&cfg, Store::new(dir.path()));
@@ -1233,7 +1243,9 @@ mod tests {
         let mut n = 0;
         for s in 0..60 {
             faulty(&mut r, T0 + s * 1000);
-            n += raises(&c.step(&r, at(T0 + s * 1000), local()));
+            let out = c.step(&r, at(T0 + s * 1000), local());
+            written(dir.path(), &out);
+            n += raises(&out);
         }
         assert_eq!(n, 1, "raised once");
 

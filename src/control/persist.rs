@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::core::balancer::PersistedState;
 use crate::model::PlugMode;
+use crate::storage::{Store, StoreError};
 
 pub const FILE: &str = "control";
 
@@ -34,4 +35,9 @@ pub struct Saved {
     /// Active alerts and when each was last notified, so a restart neither
     /// forgets an alert nor notifies it again.
     pub alerts: crate::core::alerts::AlertState,
+}
+
+/// Writes `control.json` (atomically; it fsyncs, so not on an async task).
+pub fn write(store: &Store, saved: &Saved) -> Result<(), StoreError> {
+    store.save(FILE, saved)
 }

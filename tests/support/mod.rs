@@ -269,6 +269,11 @@ impl Bridge {
         self.child.as_ref().map(Child::id).unwrap_or(0)
     }
 
+    /// Its `[storage] dir`.
+    pub fn data_dir(&self) -> PathBuf {
+        self._dir.path().join("data")
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
