@@ -485,7 +485,12 @@ async fn the_control_state_is_saved_and_a_failing_save_is_reported_once() {
         })
         .await
         .expect("the lamp's state after the restart");
-    assert_eq!(s.json()["mode"], "on", "the mode survives a restart: {}", s.json());
+    assert_eq!(
+        s.json()["mode"],
+        "on",
+        "the mode survives a restart: {}",
+        s.json()
+    );
     assert!(lamp.is_on());
     assert_eq!(second.terminate(), Some(0));
 

@@ -850,15 +850,6 @@ impl Control {
                 .collect(),
         )
     }
-
-    /// Everything a freshly connected client needs again.
-    pub fn republish(&mut self) {
-        for u in &mut self.units {
-            u.published = None;
-        }
-        self.attributes.clear();
-        self.alerts_published = None;
-    }
 }
 
 fn plug_on(registry: &Registry, plug: &str) -> Option<bool> {
