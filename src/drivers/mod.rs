@@ -2,6 +2,7 @@
 //! MQTT, sends [`DriverEvent`]s and takes [`DeviceCommand`](crate::model::DeviceCommand)s.
 
 pub mod deye;
+pub mod health;
 pub mod inbox;
 pub mod jkbms;
 pub mod tapo;

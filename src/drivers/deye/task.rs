@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use super::registers::{self, Family, Identity, Registers, Sample};
 use super::transport::{Link, LinkCounters, TransportError};
 use crate::config::InverterConfig;
+use crate::drivers::health::{Failure, Loudness, PollHealth};
 use crate::drivers::{DeviceInfo, DriverEvent, DriverHandle};
 use crate::model::DeviceCommand;
 
@@ -228,12 +229,9 @@ async fn run(
 ) {
     let id = config.id.clone();
     let interval = config.poll_interval;
-    let unavailable_after = config.unavailable_after.max(1);
+    let mut health = PollHealth::new(interval, config.unavailable_after, BACKOFF_MAX);
     let mut poller = Poller::new(config);
     let mut online = crate::drivers::Reachability::new(&id);
-    let mut failures: u32 = 0;
-    let mut backoff = interval;
-    let mut last_problem: Option<String> = None;
     let mut next = Instant::now();
     loop {
         tokio::select! {
@@ -256,9 +254,7 @@ async fn run(
         let mut delay = interval;
         match result {
             Ok((sample, identity)) => {
-                failures = 0;
-                backoff = interval;
-                last_problem = None;
+                health.succeeded();
                 if let Some(identity) = identity {
                     tracing::info!(
                         model = %identity.model_name(),
@@ -293,7 +289,6 @@ async fn run(
                 tracing::warn!(%reason, "implausible sample dropped");
             }
             Err(e) => {
-                failures += 1;
                 poller.polls_failed += 1;
                 let message = e.to_string();
                 let user_must_act = matches!(
@@ -301,32 +296,38 @@ async fn run(
                     PollError::Unsupported(_)
                         | PollError::Transport(TransportError::WrongSerial { .. })
                 );
-                if user_must_act {
-                    if last_problem.as_deref() != Some(message.as_str()) {
-                        tracing::error!(%message, "inverter cannot be read");
-                        let _ = events
-                            .send(DriverEvent::Problem {
-                                device: id.clone(),
-                                message: message.clone(),
-                            })
-                            .await;
-                    }
-                    last_problem = Some(message);
-                    if matches!(e, PollError::Unsupported(_)) {
-                        poller.close().await;
-                        delay = UNSUPPORTED_RETRY;
-                    }
-                } else if failures == 1 || failures == unavailable_after {
-                    tracing::warn!(error = %message, failures, "inverter poll failed");
+                let kind = if user_must_act {
+                    Failure::NeedsUser { offline_for: None }
                 } else {
-                    tracing::debug!(error = %message, failures, "inverter poll failed");
+                    Failure::Transient
+                };
+                let a = health.failed(kind, &message);
+                let failures = a.failures;
+                match a.log {
+                    Loudness::Error => tracing::error!(%message, "inverter cannot be read"),
+                    Loudness::Warn => {
+                        tracing::warn!(error = %message, failures, "inverter poll failed")
+                    }
+                    Loudness::Debug => {
+                        tracing::debug!(error = %message, failures, "inverter poll failed")
+                    }
+                    Loudness::Quiet => {}
                 }
-                if failures >= unavailable_after {
+                if let Some(message) = a.problem {
+                    let _ = events
+                        .send(DriverEvent::Problem {
+                            device: id.clone(),
+                            message,
+                        })
+                        .await;
+                }
+                delay = a.wait;
+                if matches!(e, PollError::Unsupported(_)) {
+                    poller.close().await;
+                    delay = delay.max(UNSUPPORTED_RETRY);
+                }
+                if a.offline {
                     online.set(&events, false).await;
-                }
-                if failures >= unavailable_after {
-                    delay = delay.max(backoff);
-                    backoff = (backoff * 2).min(BACKOFF_MAX.max(interval));
                 }
             }
         }

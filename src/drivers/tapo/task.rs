@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::api::{DeviceInfo, EnergyUsage};
 use super::client::{PlugClient, TapoError};
+use crate::drivers::health::{Failure, Loudness, PollHealth};
 use crate::drivers::{DeviceInfo as Identity, DriverEvent, DriverHandle};
 use crate::model::{DeviceCommand, FieldKind, FieldSpec, SwitchState, round};
 
@@ -180,11 +181,10 @@ struct Plug {
     client: PlugClient,
     events: mpsc::Sender<DriverEvent>,
     online: crate::drivers::Reachability,
-    failures: u32,
+    health: PollHealth,
     polls: u32,
     metering: Option<bool>,
     identity: Option<Identity>,
-    last_problem: Option<String>,
     /// The last known relay state, for TOGGLE.
     device_on: Option<bool>,
 }
@@ -231,8 +231,7 @@ impl Plug {
             })
             .await;
         }
-        self.failures = 0;
-        self.last_problem = None;
+        self.health.succeeded();
         self.set_online(true).await;
         self.send(DriverEvent::Readings {
             device: self.id.clone(),
@@ -257,44 +256,38 @@ impl Plug {
     }
 
     /// What a failed poll means; returns how long to wait before the next.
-    async fn failed(
-        &mut self,
-        e: TapoError,
-        interval: Duration,
-        backoff: &mut Duration,
-    ) -> Duration {
-        self.failures += 1;
+    async fn failed(&mut self, e: TapoError) -> Duration {
         let message = e.to_string();
-        if e.needs_user() {
-            if self.last_problem.as_deref() != Some(message.as_str()) {
-                tracing::error!(%message, "plug cannot be used");
-                self.send(DriverEvent::Problem {
-                    device: self.id.clone(),
-                    message: message.clone(),
-                })
-                .await;
+        let kind = if e.needs_user() {
+            Failure::NeedsUser {
+                offline_for: Some(CREDENTIALS_RETRY),
             }
-            self.last_problem = Some(message);
-            self.set_online(false).await;
-            return CREDENTIALS_RETRY;
-        }
-        if self.failures == 1 || self.failures == UNAVAILABLE_AFTER {
-            tracing::warn!(error = %message, failures = self.failures, "plug poll failed");
+        } else if e.is_rate_limit() {
+            Failure::RateLimited {
+                wait: RATE_LIMIT_BACKOFF,
+            }
         } else {
-            tracing::debug!(error = %message, failures = self.failures, "plug poll failed");
+            Failure::Transient
+        };
+        let a = self.health.failed(kind, &message);
+        let failures = a.failures;
+        match a.log {
+            Loudness::Error => tracing::error!(%message, "plug cannot be used"),
+            Loudness::Warn => tracing::warn!(error = %message, failures, "plug poll failed"),
+            Loudness::Debug => tracing::debug!(error = %message, failures, "plug poll failed"),
+            Loudness::Quiet => {}
         }
-        if self.failures >= UNAVAILABLE_AFTER {
+        if let Some(message) = a.problem {
+            self.send(DriverEvent::Problem {
+                device: self.id.clone(),
+                message,
+            })
+            .await;
+        }
+        if a.offline {
             self.set_online(false).await;
         }
-        if e.is_rate_limit() {
-            return RATE_LIMIT_BACKOFF.max(interval);
-        }
-        if self.failures >= UNAVAILABLE_AFTER {
-            let d = (*backoff).max(interval);
-            *backoff = (*backoff * 2).min(BACKOFF_MAX.max(interval));
-            return d;
-        }
-        interval
+        a.wait
     }
 }
 
@@ -316,14 +309,12 @@ async fn run(
         ),
         events,
         online: crate::drivers::Reachability::new(&link.id),
-        failures: 0,
+        health: PollHealth::new(interval, UNAVAILABLE_AFTER, BACKOFF_MAX),
         polls: 0,
         metering: None,
         identity: None,
-        last_problem: None,
         device_on: None,
     };
-    let mut backoff = interval;
     let mut next = Instant::now();
     loop {
         tokio::select! {
@@ -346,11 +337,8 @@ async fn run(
         }
         let started = Instant::now();
         let delay = match plug.poll().await {
-            Ok(()) => {
-                backoff = interval;
-                interval
-            }
-            Err(e) => plug.failed(e, interval, &mut backoff).await,
+            Ok(()) => interval,
+            Err(e) => plug.failed(e).await,
         };
         next = started + delay;
     }
