@@ -34,7 +34,7 @@ pub const CONTROL_INTERVAL: Duration = Duration::from_secs(1);
 /// Wall-clock time for the control plane (persisted times must mean the
 /// same after a restart).
 fn control_now() -> crate::core::balancer::Timestamp {
-    crate::core::balancer::Timestamp::from_system_time(std::time::SystemTime::now())
+    crate::clock::now()
 }
 
 /// Starts the task of one BMS pack; which transport it uses is the
@@ -428,7 +428,7 @@ impl Bridge {
             registry,
             drivers: HashMap::new(),
             started: Instant::now(),
-            started_at: OffsetDateTime::now_utc(),
+            started_at: crate::clock::now_utc(),
             reconnects: 0,
             commands_rejected: 0,
             incoming_dropped: Arc::default(),
@@ -647,7 +647,7 @@ impl Bridge {
         let record = crate::health::Health {
             pid: std::process::id(),
             connected,
-            since: payloads::timestamp(OffsetDateTime::now_utc()),
+            since: payloads::timestamp(crate::clock::now_utc()),
             broker: settings::endpoint(&self.config)
                 .map(|e| e.to_string())
                 .unwrap_or_default(),
@@ -969,7 +969,7 @@ impl Bridge {
     fn on_driver_event(&mut self, ev: DriverEvent) {
         match ev {
             DriverEvent::Readings { device, values } => {
-                let now = OffsetDateTime::now_utc();
+                let now = crate::clock::now_utc();
                 if self.registry.record(&device, values, now) {
                     self.republish_device(&device);
                     let kind = self.registry.get(&device).map(|d| d.kind);
@@ -1010,7 +1010,7 @@ impl Bridge {
                         tracing::info!(device = %device, "device reachable again");
                     }
                     if self.registry.get(&device).map(|d| d.kind) == Some(DeviceKind::Inverter) {
-                        self.publish_site(OffsetDateTime::now_utc());
+                        self.publish_site(crate::clock::now_utc());
                     }
                     self.outbox.push_if_changed(Message::retained(
                         Class::Availability,
@@ -1161,7 +1161,7 @@ impl Bridge {
             "incoming_dropped": self
                 .incoming_dropped
                 .load(std::sync::atomic::Ordering::Relaxed),
-            "last_seen": payloads::timestamp(OffsetDateTime::now_utc()),
+            "last_seen": payloads::timestamp(crate::clock::now_utc()),
         });
         self.outbox.push(Message::retained(
             Class::State,

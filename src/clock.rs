@@ -13,6 +13,11 @@ pub fn now() -> Timestamp {
     Timestamp::from_system_time(std::time::SystemTime::now())
 }
 
+/// The wall clock now as UTC civil time (RFC 3339 stamps, `last_seen`).
+pub fn now_utc() -> time::OffsetDateTime {
+    time::OffsetDateTime::now_utc()
+}
+
 /// `t` in the system's time zone. Taking the instant from the caller keeps
 /// the timestamp and the local time of one tick consistent.
 pub fn local_at(t: Timestamp) -> LocalTime {

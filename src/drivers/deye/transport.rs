@@ -125,11 +125,7 @@ impl V5Stream {
     ) -> Self {
         // Start somewhere else than a previous connection did, so a late
         // reply to it cannot match.
-        let seq = (std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0)
-            % 250) as u8;
+        let seq = (crate::clock::now().0 % 250) as u8;
         Self {
             io,
             serial,

@@ -427,10 +427,7 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    crate::clock::now().0
 }
 
 /// The Tapo discovery probe (UDP 20002): a 16-byte header (version 2, type
