@@ -37,6 +37,16 @@ fn control_now() -> crate::core::balancer::Timestamp {
     crate::clock::now()
 }
 
+/// The control plane's time and the local civil time of the same instant
+/// (control itself reads no clock).
+fn control_moment() -> (
+    crate::core::balancer::Timestamp,
+    crate::core::timers::LocalTime,
+) {
+    let now = crate::clock::now();
+    (now, crate::clock::local_at(now))
+}
+
 /// Starts the task of one BMS pack; which transport it uses is the
 /// caller's choice (BlueZ, or the demo's simulated packs).
 pub type BmsSpawner = Box<
@@ -806,18 +816,20 @@ impl Bridge {
             }
             Route::Set { device, set } => self.on_set(device, topic, set),
             Route::AlertThresholds(v) => {
+                let (now, local) = control_moment();
                 match self
                     .control
-                    .set_alert_thresholds(&self.registry, &v, control_now())
+                    .set_alert_thresholds(&self.registry, &v, now, local)
                 {
                     Ok(outputs) => self.apply(outputs),
                     Err(e) => self.command_error("alerts", topic, e.to_string()),
                 }
             }
             Route::Balancer { inverter, changes } => {
+                let (now, local) = control_moment();
                 match self
                     .control
-                    .set_balancer(&self.registry, inverter, &changes, control_now())
+                    .set_balancer(&self.registry, inverter, &changes, now, local)
                 {
                     Ok(outputs) => self.apply(outputs),
                     Err(e) => self.command_error(inverter, topic, e.to_string()),
@@ -877,13 +889,15 @@ impl Bridge {
         changes: Map<String, Value>,
     ) -> Result<Value, String> {
         if !changes.is_empty() {
+            let (now, local) = control_moment();
             let outputs = self
                 .control
                 .set_balancer(
                     &self.registry,
                     inverter,
                     &Value::Object(changes),
-                    control_now(),
+                    now,
+                    local,
                 )
                 .map_err(|e| e.to_string())?;
             self.apply(outputs);
@@ -897,9 +911,10 @@ impl Bridge {
     /// with every threshold in force.
     fn request_alert_thresholds(&mut self, body: Map<String, Value>) -> Result<Value, String> {
         if !body.is_empty() {
+            let (now, local) = control_moment();
             let outputs = self
                 .control
-                .set_alert_thresholds(&self.registry, &Value::Object(body), control_now())
+                .set_alert_thresholds(&self.registry, &Value::Object(body), now, local)
                 .map_err(|e| e.to_string())?;
             self.apply(outputs);
         }
@@ -911,7 +926,13 @@ impl Bridge {
     fn on_set(&mut self, device: &str, topic: &str, set: SetCommand) {
         let now = control_now();
         if let Some(mode) = set.mode {
-            match self.control.set_mode(&self.registry, device, mode, now) {
+            match self.control.set_mode(
+                &self.registry,
+                device,
+                mode,
+                now,
+                crate::clock::local_at(now),
+            ) {
                 Ok(outputs) => self.apply(outputs),
                 Err(e) => return self.command_error(device, topic, e.to_string()),
             }

@@ -531,6 +531,7 @@ impl Control {
         registry: &Registry,
         payload: &Value,
         now: Timestamp,
+        local: LocalTime,
     ) -> Result<Vec<Output>, ControlError> {
         let Some(obj) = payload.as_object().filter(|o| !o.is_empty()) else {
             return err(
@@ -554,7 +555,7 @@ impl Control {
             tracing::info!(rule, value, "alert threshold changed");
             self.saved.alert_thresholds.insert(rule, value);
         }
-        let mut out = self.step(registry, now, crate::clock::local_at(now));
+        let mut out = self.step(registry, now, local);
         self.save(&mut out);
         Ok(out)
     }
@@ -673,6 +674,7 @@ impl Control {
         plug: &str,
         mode: PlugMode,
         now: Timestamp,
+        local: LocalTime,
     ) -> Result<Vec<Output>, ControlError> {
         if !self.plugs.iter().any(|p| p == plug) {
             return err(format!("'{plug}' is not a plug"));
@@ -700,7 +702,7 @@ impl Control {
             }
         }
         tracing::info!(plug, mode = ?mode, "plug mode set");
-        out.extend(self.step(registry, now, crate::clock::local_at(now)));
+        out.extend(self.step(registry, now, local));
         self.save(&mut out);
         Ok(out)
     }
@@ -714,6 +716,7 @@ impl Control {
         inverter: &str,
         payload: &Value,
         now: Timestamp,
+        local: LocalTime,
     ) -> Result<Vec<Output>, ControlError> {
         let Some(i) = self.units.iter().position(|u| u.inverter == inverter) else {
             let known: Vec<&str> = self.inverters().collect();
@@ -758,7 +761,7 @@ impl Control {
             unit.state.set_enabled(e);
         }
         tracing::info!(inverter, change = %payload, "balancer settings changed");
-        let mut out = self.step(registry, now, crate::clock::local_at(now));
+        let mut out = self.step(registry, now, local);
         self.save(&mut out);
         Ok(out)
     }
@@ -1143,7 +1146,7 @@ mod tests {
         assert!(out.is_empty(), "the balancer wins: {out:?}");
 
         let now = at(T0 + 31_000);
-        let out = c.set_mode(&r, "lamp", PlugMode::On, now).unwrap();
+        let out = c.set_mode(&r, "lamp", PlugMode::On, now, local()).unwrap();
         assert!(switches(&out).contains(&("lamp".to_owned(), true)));
         written(dir.path(), &out);
         let e = c
@@ -1189,13 +1192,13 @@ mod tests {
             (json!({}), "nothing to set"),
             (json!([1]), "JSON object"),
         ] {
-            let e = c.set_balancer(&r, "inv", &bad, now).unwrap_err();
+            let e = c.set_balancer(&r, "inv", &bad, now, local()).unwrap_err();
             assert!(e.0.contains(why), "{bad}: {e}");
         }
         // Nothing of the rejected `{"enabled": false, "colour": 1}` stuck.
         assert!(c.units[0].state.persisted().enabled);
         let e = c
-            .set_balancer(&r, "ghost", &json!({"enabled": false}), now)
+            .set_balancer(&r, "ghost", &json!({"enabled": false}), now, local())
             .unwrap_err();
         assert!(e.0.contains("balancers: inv"), "{e}");
         let out = c
@@ -1204,6 +1207,7 @@ mod tests {
                 "inv",
                 &json!({"on_grid_w": "6000", "enabled": "OFF"}),
                 now,
+                local(),
             )
             .unwrap();
         written(dir.path(), &out);
