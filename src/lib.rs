@@ -13,6 +13,7 @@ pub mod https;
 pub mod model;
 pub mod mqtt;
 pub mod push;
+pub mod signals;
 pub mod sim;
 pub mod storage;
 #[cfg(test)]

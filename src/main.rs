@@ -421,24 +421,6 @@ fn serve(cli: &Cli, mut config: Config, mode: Mode) -> ExitCode {
 
 /// Ctrl-C, or SIGTERM from `docker stop` / systemd.
 async fn wait_for_signal(shutdown: CancellationToken) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
+    energy2mqtt::signals::shutdown_requested().await;
     shutdown.cancel();
 }

@@ -261,6 +261,10 @@ fn the_page_subscribes_this_browser_in_a_real_chromium() {
     assert_eq!(plain["tag"], "e2m-test");
 
     // The service worker shows a push, and the clear replaces it.
+    eprintln!(
+        "pushes handed to the service worker through DevTools: raise in {}, clear in {} attempt(s)",
+        seen["raiseAttempts"], seen["clearAttempts"]
+    );
     assert_eq!(
         seen["notificationsAfterRaise"],
         json!([{"title": "Critical: Battery 1", "body": "SOC 8 % is below 10 %",

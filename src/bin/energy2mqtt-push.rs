@@ -167,7 +167,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
             }
         }
     });
-    let shutdown = shutdown_signal();
+    let shutdown = energy2mqtt::signals::shutdown_requested();
     tokio::pin!(shutdown);
     let mut watch = Watch::default();
     let mut tick = tokio::time::interval(Duration::from_secs(5));
@@ -251,22 +251,6 @@ async fn run(config: Config) -> anyhow::Result<()> {
     drop(remember);
     let _ = tokio::time::timeout(Duration::from_secs(2), saving).await;
     Ok(())
-}
-
-/// Ctrl-C, or SIGTERM (`docker stop`, systemd): the same clean exit.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }
 
 /// `health`: GET /healthz on our own listen address.

@@ -589,14 +589,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_rate_limit_spares_clears_and_expires() {
-        let policy = Policy {
-            min_level: Level::Warning,
-            quiet: None,
-        };
-        let mut st = ChannelState::default();
-        let note = |i: usize, kind| Notification {
+    /// A warning with tag `t<i>`, for the rate-limit tests.
+    fn tagged(i: usize, kind: Kind) -> Notification {
+        Notification {
             kind,
             title: String::new(),
             body: String::new(),
@@ -605,7 +600,17 @@ mod tests {
             time: NOW.into(),
             link: None,
             repeat: false,
+        }
+    }
+
+    #[test]
+    fn the_rate_limit_spares_clears_and_expires() {
+        let policy = Policy {
+            min_level: Level::Warning,
+            quiet: None,
         };
+        let mut st = ChannelState::default();
+        let note = tagged;
         for i in 0..RATE_MAX {
             assert_eq!(
                 admit(&note(i, Kind::Raise), &policy, &mut st, 0, 0),
@@ -636,16 +641,7 @@ mod tests {
             quiet: None,
         };
         let mut st = ChannelState::default();
-        let note = |i: usize, kind| Notification {
-            kind,
-            title: String::new(),
-            body: String::new(),
-            level: Level::Warning,
-            tag: format!("t{i}"),
-            time: NOW.into(),
-            link: None,
-            repeat: false,
-        };
+        let note = tagged;
         for i in 0..RATE_MAX {
             assert_eq!(
                 admit(&note(i, Kind::Raise), &policy, &mut st, 0, 0),

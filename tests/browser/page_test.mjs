@@ -103,21 +103,37 @@ try {
   };
   // Polled inside the page until the expected body is shown, and the list
   // as of that moment returned: headless Chromium's notification store
-  // settles a moment after showNotification resolves.
+  // settles a moment after showNotification resolves. On a loaded machine
+  // a push handed over through DevTools is now and then not dispatched to
+  // the worker at all (seen in about 1 run in 4 with the other core busy),
+  // so an unseen push is delivered again, up to 4 times; the attempts are
+  // reported. What is asserted stays the same: the worker shows it, and
+  // the clear replaces the raise.
   const shownWith = (body) => page.evaluate(async (want) => {
     const r = await navigator.serviceWorker.ready;
     let list = [];
-    for (let i = 0; i < 100; i++) {
+    for (let i = 0; i < 50; i++) {
       list = (await r.getNotifications()).map((n) => ({ title: n.title, body: n.body, tag: n.tag }));
       if (list.some((n) => n.body === want)) break;
       await new Promise((ok) => setTimeout(ok, 100));
     }
     return list;
   }, body);
-  await push(input.raise);
-  out.notificationsAfterRaise = await shownWith(input.raise.body);
-  await push(input.clear);
-  out.notificationsAfterClear = await shownWith(input.clear.body);
+  const pushUntilShown = async (data) => {
+    let list = [];
+    for (let attempt = 1; attempt <= 4; attempt++) {
+      await push(data);
+      list = await shownWith(data.body);
+      if (list.some((n) => n.body === data.body)) return { list, attempt };
+    }
+    return { list, attempt: 4 };
+  };
+  const raised = await pushUntilShown(input.raise);
+  out.notificationsAfterRaise = raised.list;
+  out.raiseAttempts = raised.attempt;
+  const cleared = await pushUntilShown(input.clear);
+  out.notificationsAfterClear = cleared.list;
+  out.clearAttempts = cleared.attempt;
 
   out.alertsText = await page.textContent('#alerts-state');
   out.alerts = await page.$$eval('#alerts li', (lis) => lis.map((li) => li.className + ': ' + li.firstChild.textContent));
