@@ -533,9 +533,37 @@ impl Bridge {
     }
 
     fn apply(&mut self, outputs: Vec<control::Output>) {
+        // The newest state to keep, handled before anything is carried out.
+        let mut saved = None;
+        let mut rest = Vec::with_capacity(outputs.len());
         for o in outputs {
             match o {
-                control::Output::Save(saved) => self.save_control(saved),
+                control::Output::Save(s) => saved = Some(s),
+                other => rest.push(other),
+            }
+        }
+        if let Some(s) = saved {
+            // Persist before acting: a plug switched (shed, restored,
+            // locked) on a decision not yet on disk would be forgotten by
+            // a crash in between, and a shed plug never restored. Such a
+            // batch is written before its switches go out; the others
+            // (bookkeeping: timers, alerts, limits) off this task.
+            if rest
+                .iter()
+                .any(|o| matches!(o, control::Output::Switch { .. }))
+            {
+                *self
+                    .control_latest
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = Some(s);
+                (self.control_writer())();
+            } else {
+                self.save_control(s);
+            }
+        }
+        for o in rest {
+            match o {
+                control::Output::Save(_) => {}
                 control::Output::Switch { plug, on } => {
                     let command = DeviceCommand::Switch(if on {
                         SwitchState::On

@@ -53,8 +53,9 @@ pub enum Output {
         plug: String,
         values: Map<String, Value>,
     },
-    /// Write this to `control.json` ([`persist::write`]), off the bridge's
-    /// task: a write fsyncs. The writer reports a failure (one
+    /// Write this to `control.json` ([`persist::write`]): off the bridge's
+    /// task (a write fsyncs), but before any `Switch` of the same batch is
+    /// carried out (persist before acting). The writer reports a failure (one
     /// `state_error` event) and sets [`Control::save_failed`], and the
     /// next step hands the state out again.
     Save(Box<Saved>),
