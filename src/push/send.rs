@@ -313,4 +313,53 @@ mod tests {
         assert!(!why.contains("123:ABC"), "the token stays out: {why}");
         assert_eq!(seen.await.unwrap().len(), 1);
     }
+
+    #[tokio::test]
+    async fn ntfy_posts_and_retries_5xx_a_bounded_number_of_times() {
+        let n = crate::push::notify::Notification {
+            kind: crate::push::notify::Kind::Raise,
+            title: "Critical: Battery 1".into(),
+            body: "SOC 8 % is below 10 %".into(),
+            level: crate::core::alerts::Level::Critical,
+            tag: "soc_critical-battery1".into(),
+            time: "2026-11-21T18:04:00Z".into(),
+            link: None,
+            repeat: false,
+        };
+        let channel = |port: u16| crate::config::NtfyConfig {
+            url: format!("http://127.0.0.1:{port}"),
+            topic: "e2m".into(),
+            token: Some(crate::config::Secret::new("tk_1")),
+            min_level: crate::core::alerts::Level::Warning,
+        };
+        // 502 then 200: retried once, the same request both times.
+        let (port, seen) = fake(vec![502, 200]).await;
+        let req = crate::push::ntfy::request(&channel(port), &n);
+        assert_eq!(ntfy(&client(), &req, FAST).await, Plain::Ok);
+        let seen = seen.await.unwrap();
+        assert_eq!(seen.len(), 2);
+        for r in &seen {
+            assert!(r.starts_with("POST /e2m HTTP/1.1\r\n"), "{r}");
+            let head = r.to_ascii_lowercase();
+            assert!(head.contains("authorization: bearer tk_1"), "{r}");
+            assert!(head.contains("priority: 5"), "{r}");
+            assert!(r.ends_with("\r\n\r\nSOC 8 % is below 10 %"), "{r}");
+        }
+        // Always 5xx: exactly `attempts` tries, then it gives up.
+        let (port, seen) = fake(vec![500; FAST.attempts as usize]).await;
+        let req = crate::push::ntfy::request(&channel(port), &n);
+        assert!(matches!(
+            ntfy(&client(), &req, FAST).await,
+            Plain::Failed(_)
+        ));
+        assert_eq!(seen.await.unwrap().len(), FAST.attempts as usize);
+        // A 4xx is not retried.
+        let (port, seen) = fake(vec![403]).await;
+        let req = crate::push::ntfy::request(&channel(port), &n);
+        let Plain::Rejected(why) = ntfy(&client(), &req, FAST).await else {
+            panic!("a 403 is a rejection")
+        };
+        assert!(why.contains("token"), "{why}");
+        assert_eq!(seen.await.unwrap().len(), 1);
+    }
 }
