@@ -54,7 +54,7 @@ fn main() {
     println!(
         "machine: {} CPUs, {}",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
-        cpu_model()
+        process::cpu_model()
     );
 
     println!("\n== 1. state -> MQTT payload serialisation ==");
@@ -144,18 +144,6 @@ impl Report {
             println!("{what:<w0$} | {measured:<w1$} | {target}");
         }
     }
-}
-
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".into())
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

@@ -57,7 +57,7 @@ fn main() {
     println!(
         "machine: {} CPUs, {}",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
-        cpu_model()
+        process::cpu_model()
     );
     let size = std::fs::metadata(PUSH_BIN).map(|m| m.len()).unwrap_or(0);
     println!(
@@ -339,19 +339,8 @@ struct Mem {
 
 /// VmRSS and RssAnon of `pid`, in KiB.
 fn mem(pid: u32) -> Option<Mem> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let field = |name: &str| -> Option<u64> {
-        text.lines()
-            .find(|l| l.starts_with(name))?
-            .split_whitespace()
-            .nth(1)?
-            .parse()
-            .ok()
-    };
-    Some(Mem {
-        rss_kib: field("VmRSS:")?,
-        anon_kib: field("RssAnon:")?,
-    })
+    let [rss_kib, anon_kib] = process::status_fields(Some(pid), ["VmRSS:", "RssAnon:"])?;
+    Some(Mem { rss_kib, anon_kib })
 }
 
 fn mem_text(m: Mem) -> String {
@@ -729,16 +718,4 @@ impl Report {
 
 fn free_port() -> Result<u16> {
     Ok(StdListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".into())
 }

@@ -28,25 +28,44 @@ impl Mem {
     }
 }
 
-/// VmRSS and VmHWM of `pid` (this process when `None`).
-pub fn read_mem(pid: Option<u32>) -> Option<Mem> {
+/// Numeric fields (`"VmRSS:"`, `"RssAnon:"`, … in KiB) of
+/// `/proc/<pid>/status` (this process when `None`), in the order asked.
+pub fn status_fields<const N: usize>(pid: Option<u32>, names: [&str; N]) -> Option<[u64; N]> {
     let path = match pid {
         Some(p) => format!("/proc/{p}/status"),
         None => "/proc/self/status".to_owned(),
     };
     let text = std::fs::read_to_string(path).ok()?;
-    let field = |name: &str| -> Option<u64> {
-        text.lines()
+    let mut out = [0u64; N];
+    for (slot, name) in out.iter_mut().zip(names) {
+        *slot = text
+            .lines()
             .find(|l| l.starts_with(name))?
             .split_whitespace()
             .nth(1)?
             .parse()
-            .ok()
-    };
-    Some(Mem {
-        rss_kib: field("VmRSS:")?,
-        hwm_kib: field("VmHWM:")?,
-    })
+            .ok()?;
+    }
+    Some(out)
+}
+
+/// VmRSS and VmHWM of `pid` (this process when `None`).
+pub fn read_mem(pid: Option<u32>) -> Option<Mem> {
+    let [rss_kib, hwm_kib] = status_fields(pid, ["VmRSS:", "VmHWM:"])?;
+    Some(Mem { rss_kib, hwm_kib })
+}
+
+/// The CPU's model name, for the bench's header.
+pub fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
 }
 
 /// The `energy2mqtt` binary: the one cargo built for this bench, else
