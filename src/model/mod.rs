@@ -157,3 +157,6 @@ pub fn round(v: f64, decimals: u8) -> f64 {
     let p = POW10.get(usize::from(decimals)).copied().unwrap_or(1e6);
     (v * p).round() / p + 0.0
 }
+
+pub mod reading;
+pub use reading::{CellReading, InverterReading, PackReading, PlugReading, Reading};
