@@ -1017,9 +1017,9 @@ impl Bridge {
 
     fn on_driver_event(&mut self, ev: DriverEvent) {
         match ev {
-            DriverEvent::Readings { device, values } => {
+            DriverEvent::Readings { device, reading } => {
                 let now = crate::clock::now_utc();
-                if self.registry.record(&device, values, now) {
+                if self.registry.record(&device, reading, now) {
                     self.republish_device(&device);
                     let kind = self.registry.get(&device).map(|d| d.kind);
                     if kind == Some(DeviceKind::Inverter) {
@@ -1126,13 +1126,13 @@ impl Bridge {
         if self.config.inverter.len() < 2 {
             return;
         }
-        let reporting: Vec<&Map<String, Value>> = self
+        let reporting: Vec<&crate::model::InverterReading> = self
             .config
             .inverter
             .iter()
             .filter_map(|inv| self.registry.get(&inv.id))
             .filter(|d| d.online == Some(true) && d.last_seen.is_some())
-            .map(|d| &d.readings)
+            .filter_map(|d| d.inverter())
             .collect();
         let any_online = !reporting.is_empty();
         let totals = crate::core::site::totals(reporting);
@@ -1156,7 +1156,7 @@ impl Bridge {
             self.outbox.push(Message::retained(
                 Class::State,
                 self.topics.device_state(device),
-                payloads::device_state(&entry.readings, seen),
+                payloads::device_state(&entry.state(), seen),
             ));
         }
         if let Some(online) = entry.online {

@@ -1,8 +1,7 @@
-//! The balancer's view of the devices, read from the drivers' published
-//! state objects (the keys of docs/DEVICES.md), so the balancer sees
-//! exactly what Home Assistant sees.
+//! The balancer's view of the devices, read from the drivers' typed
+//! readings, whose serialisation is the published state object: the
+//! balancer sees exactly what Home Assistant sees.
 
-use serde_json::{Map, Value};
 use time::OffsetDateTime;
 
 use crate::core::balancer::{InverterSnapshot, PlugSnapshot, Timestamp};
@@ -20,30 +19,26 @@ pub fn timestamp(t: OffsetDateTime) -> Timestamp {
     Timestamp::from_millis(u64::try_from(ms).unwrap_or(0))
 }
 
-fn num(m: &Map<String, Value>, key: &str) -> Option<f64> {
-    m.get(key).and_then(Value::as_f64).filter(|v| v.is_finite())
-}
-
 /// The latest inverter sample; `None` until the registers needed for the
 /// limit have been read (the rating arrives with the identity).
 pub fn inverter(
     entry: &DeviceEntry,
     bms_discharge_limit_w: Option<f64>,
 ) -> Option<InverterSnapshot> {
-    let r = &entry.readings;
+    let r = entry.inverter()?;
     let seen = entry.last_seen?;
-    let faults = r.get("fault_bits").and_then(Value::as_u64).unwrap_or(0);
+    let finite = |v: f64| v.is_finite().then_some(v);
     Some(InverterSnapshot {
         sample_time: timestamp(seen),
-        rated_w: num(r, "rated_power")?,
-        ac_output_w: num(r, "inverter_power")?,
-        grid_port_w: num(r, "grid_port_power").unwrap_or(0.0),
-        gen_port_w: num(r, "gen_port_power").unwrap_or(0.0),
-        grid_connected: r.get("grid_connected").and_then(Value::as_bool)?,
-        pv_w: num(r, "pv_power"),
-        load_w: num(r, "load_power"),
+        rated_w: r.rated_power_w.and_then(finite)?,
+        ac_output_w: finite(r.inverter_power_w)?,
+        grid_port_w: finite(r.grid_port_power_w).unwrap_or(0.0),
+        gen_port_w: finite(r.gen_port_power_w).unwrap_or(0.0),
+        grid_connected: r.grid_connected,
+        pv_w: finite(r.pv_power_w),
+        load_w: finite(r.load_power_w),
         bms_discharge_limit_w,
-        overload_fault: faults & OVERLOAD_FAULT_BITS != 0,
+        overload_fault: r.fault_bits & OVERLOAD_FAULT_BITS != 0,
     })
 }
 
@@ -57,9 +52,11 @@ pub fn bms_discharge_limit(registry: &Registry) -> Option<f64> {
         if d.kind != DeviceKind::Bms || d.online != Some(true) {
             continue;
         }
+        let pack = d.pack();
+        let finite = |v: Option<f64>| v.filter(|v| v.is_finite());
         let (Some(amps), Some(volts)) = (
-            num(&d.readings, "max_discharge_current"),
-            num(&d.readings, "voltage"),
+            finite(pack.and_then(|p| p.max_discharge_current_a)),
+            finite(pack.and_then(|p| p.voltage_v)),
         ) else {
             return None;
         };
@@ -71,19 +68,12 @@ pub fn bms_discharge_limit(registry: &Registry) -> Option<f64> {
 
 /// A plug as the balancer sees it.
 pub fn plug(id: &str, entry: Option<&DeviceEntry>, mode: PlugMode, pending: bool) -> PlugSnapshot {
-    let on = entry
-        .and_then(|e| e.readings.get("state"))
-        .and_then(Value::as_str)
-        .and_then(|s| match s {
-            "ON" => Some(true),
-            "OFF" => Some(false),
-            _ => None,
-        });
+    let reading = entry.and_then(DeviceEntry::plug);
     PlugSnapshot {
         id: id.to_owned(),
         reachable: entry.is_some_and(|e| e.online == Some(true)),
-        on,
-        power_w: entry.and_then(|e| num(&e.readings, "power")),
+        on: reading.map(|r| r.on),
+        power_w: reading.and_then(|r| r.power_w).filter(|v| v.is_finite()),
         last_seen: entry.and_then(|e| e.last_seen).map(timestamp),
         mode,
         command_pending: pending,
@@ -92,21 +82,23 @@ pub fn plug(id: &str, entry: Option<&DeviceEntry>, mode: PlugMode, pending: bool
 
 /// PV surplus (PV − house load) of an inverter, for surplus rules.
 pub fn surplus_w(entry: &DeviceEntry) -> Option<f64> {
-    Some(num(&entry.readings, "pv_power")? - num(&entry.readings, "load_power")?)
+    Some(entry.inverter()?.surplus_w()).filter(|v| v.is_finite())
 }
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     use super::*;
 
     fn entry(kind: DeviceKind, readings: Value, online: bool) -> DeviceEntry {
+        let state = readings.as_object().cloned().unwrap_or_default();
         DeviceEntry {
             kind,
             name: "x".into(),
             online: Some(online),
-            readings: readings.as_object().cloned().unwrap_or_default(),
+            reading: Some(crate::model::Reading::from_state(kind, &state).unwrap()),
+            annotations: Default::default(),
             last_seen: Some(OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap()),
         }
     }
@@ -127,7 +119,9 @@ mod tests {
         assert_eq!(s.bms_discharge_limit_w, Some(5000.0));
         // Without the rating (identity not read yet) there is no sample.
         let mut e2 = e.clone();
-        e2.readings.remove("rated_power");
+        if let Some(crate::model::Reading::Inverter(i)) = &mut e2.reading {
+            i.rated_power_w = None;
+        }
         assert!(inverter(&e2, None).is_none());
     }
 

@@ -455,7 +455,7 @@ impl Control {
                     name: &d.name,
                     kind: d.kind,
                     online: d.online,
-                    readings: &d.readings,
+                    reading: d.reading.as_ref(),
                 })
                 .collect(),
             balancer_failsafe: failsafe,
@@ -857,11 +857,7 @@ impl Control {
 }
 
 fn plug_on(registry: &Registry, plug: &str) -> Option<bool> {
-    match registry.get(plug)?.readings.get("state")?.as_str()? {
-        "ON" => Some(true),
-        "OFF" => Some(false),
-        _ => None,
-    }
+    Some(registry.get(plug)?.plug()?.on)
 }
 
 /// PV minus house load summed over the inverters that report both.
@@ -1024,6 +1020,10 @@ mod tests {
         Timestamp::from_millis(ms)
     }
 
+    fn reading(kind: DeviceKind, v: &Value) -> crate::model::Reading {
+        crate::model::Reading::from_state(kind, v.as_object().unwrap()).unwrap()
+    }
+
     fn seen(ms: u64) -> OffsetDateTime {
         OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).unwrap()
     }
@@ -1034,11 +1034,11 @@ mod tests {
         r.set_online("lamp", true);
         let inv = json!({"rated_power": 6000, "inverter_power": load_w, "grid_port_power": 0,
                          "gen_port_power": 0, "grid_connected": true});
-        r.record("inv", inv.as_object().unwrap().clone(), seen(t));
+        r.record("inv", reading(DeviceKind::Inverter, &inv), seen(t));
         let b = json!({"state": if boiler_on { "ON" } else { "OFF" }, "power": if boiler_on { 2000.0 } else { 0.0 }});
-        r.record("boiler", b.as_object().unwrap().clone(), seen(t));
+        r.record("boiler", reading(DeviceKind::Plug, &b), seen(t));
         let l = json!({"state": "OFF"});
-        r.record("lamp", l.as_object().unwrap().clone(), seen(t));
+        r.record("lamp", reading(DeviceKind::Plug, &l), seen(t));
     }
 
     fn local() -> LocalTime {
@@ -1232,7 +1232,7 @@ mod tests {
         let faulty = |r: &mut Registry, t: u64| {
             r.set_online("inv", true);
             let v = json!({"faults": "F18 AC over-current", "fault_bits": 1u64 << 17});
-            r.record("inv", v.as_object().unwrap().clone(), seen(t));
+            r.record("inv", reading(DeviceKind::Inverter, &v), seen(t));
         };
         let (mut c, _) = Control::new(&cfg, Store::new(dir.path()));
         let mut r = Registry::from_config(&cfg);

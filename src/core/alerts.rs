@@ -35,11 +35,10 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
 
 use crate::config::{AlertsConfig, BatteryChemistry, RuleOverride};
 use crate::core::balancer::Timestamp;
-use crate::model::DeviceKind;
+use crate::model::{DeviceKind, PackReading, Reading};
 
 /// Charge current at or below this counts as "no charge current": BMS
 /// current sensors read a few hundred mA of noise at rest.
@@ -55,12 +54,7 @@ const MAX_CLEAR_HOLD: Duration = Duration::from_secs(30);
 /// on JK02_32S (publish.rs), and the MOSFET has its own protection in the
 /// BMS (reported through the alarm bits), so neither counts as the cells'
 /// temperature.
-const BATTERY_TEMPS: [(&str, &str); 4] = [
-    ("temperature_1", "1"),
-    ("temperature_2", "2"),
-    ("temperature_4", "4"),
-    ("temperature_5", "5"),
-];
+const BATTERY_TEMPS: [u8; 4] = [1, 2, 4, 5];
 
 /// Alert families, in display order: one Home Assistant problem sensor each.
 pub const FAMILIES: &[&str] = &[
@@ -163,8 +157,8 @@ pub struct DeviceInput<'a> {
     pub kind: DeviceKind,
     /// `None`: the driver has said nothing yet.
     pub online: Option<bool>,
-    /// The latest published state object.
-    pub readings: &'a Map<String, Value>,
+    /// The latest report; `None` before the first.
+    pub reading: Option<&'a Reading>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -1036,15 +1030,17 @@ struct Target<'a> {
     id: &'a str,
     name: &'a str,
     online: Option<bool>,
-    readings: &'a Map<String, Value>,
+    reading: Option<&'a Reading>,
     failsafe: bool,
 }
 
-fn targets<'a>(
-    check: Check,
-    inputs: &Inputs<'a>,
-    empty: &'a Map<String, Value>,
-) -> Vec<Target<'a>> {
+impl Target<'_> {
+    fn pack(&self) -> Option<&PackReading> {
+        self.reading?.pack()
+    }
+}
+
+fn targets<'a>(check: Check, inputs: &Inputs<'a>) -> Vec<Target<'a>> {
     let mut out: Vec<Target<'a>> = inputs
         .devices
         .iter()
@@ -1053,7 +1049,7 @@ fn targets<'a>(
             id: d.id,
             name: d.name,
             online: d.online,
-            readings: d.readings,
+            reading: d.reading,
             failsafe: inputs.balancer_failsafe.contains(&d.id),
         })
         .collect();
@@ -1066,7 +1062,7 @@ fn targets<'a>(
                     id,
                     name: id,
                     online: None,
-                    readings: empty,
+                    reading: None,
                     failsafe: true,
                 });
             }
@@ -1075,8 +1071,9 @@ fn targets<'a>(
     out
 }
 
-fn num(r: &Map<String, Value>, key: &str) -> Option<f64> {
-    r.get(key)?.as_f64().filter(|v| v.is_finite())
+/// A pack's value, when it is there and finite.
+fn pack_value(p: Option<&PackReading>, get: impl Fn(&PackReading) -> Option<f64>) -> Option<f64> {
+    p.and_then(get).filter(|v| v.is_finite())
 }
 
 fn zone(direction: Direction, v: f64, threshold: f64, clear: f64) -> Zone {
@@ -1107,10 +1104,11 @@ fn numeric(rule: &RuleInfo, value: Option<f64>, what: &'static str, detail: Stri
 }
 
 /// The highest (or lowest) battery temperature and its sensor.
-fn battery_temperature(r: &Map<String, Value>, highest: bool) -> Option<(f64, &'static str)> {
-    BATTERY_TEMPS
+fn battery_temperature(p: Option<&PackReading>, highest: bool) -> Option<(f64, u8)> {
+    p?.temperatures_c
         .iter()
-        .filter_map(|(key, label)| Some((num(r, key)?, *label)))
+        .filter(|(n, t)| BATTERY_TEMPS.contains(n) && t.is_finite())
+        .map(|&(n, t)| (t, n))
         .reduce(|a, b| {
             let b_wins = if highest { b.0 > a.0 } else { b.0 < a.0 };
             if b_wins { b } else { a }
@@ -1118,27 +1116,29 @@ fn battery_temperature(r: &Map<String, Value>, highest: bool) -> Option<(f64, &'
 }
 
 /// The highest non-zero wire resistance and its cell: zero means "not
-/// measured" on JK firmware that does not report it.
-fn wire_resistance(r: &Map<String, Value>) -> Option<(f64, u32)> {
-    r.iter()
-        .filter_map(|(k, v)| {
-            let n = k.strip_prefix("cell_")?.strip_suffix("_resistance")?;
-            let n: u32 = n.parse().ok()?;
-            let v = v.as_f64().filter(|v| v.is_finite() && *v > 0.0)?;
-            Some((v, n))
+/// measured" on JK firmware that does not report it. A tie goes to the
+/// lower cell.
+fn wire_resistance(p: Option<&PackReading>) -> Option<(f64, u8)> {
+    p?.cells
+        .iter()
+        .filter(|c| c.resistance_mohm.is_finite() && c.resistance_mohm > 0.0)
+        .map(|c| (c.resistance_mohm, c.number))
+        .reduce(|a, b| {
+            if b.0 > a.0 || (b.0 == a.0 && b.1 < a.1) {
+                b
+            } else {
+                a
+            }
         })
-        .reduce(|a, b| if b.0 > a.0 { b } else { a })
 }
 
-fn cell_detail(r: &Map<String, Value>, key: &str) -> String {
-    r.get(key)
-        .and_then(Value::as_u64)
-        .map(|n| format!(" (cell {n})"))
-        .unwrap_or_default()
+fn cell_detail(cell: Option<u64>) -> String {
+    cell.map(|n| format!(" (cell {n})")).unwrap_or_default()
 }
 
 fn observe(rule: &RuleInfo, t: &Target) -> Obs {
-    let r = t.readings;
+    let p = t.pack();
+    let value = |get: fn(&PackReading) -> Option<f64>| pack_value(p, get);
     match rule.check {
         Check::Unreachable => Obs {
             text: t.online.is_none().then(String::new),
@@ -1148,34 +1148,34 @@ fn observe(rule: &RuleInfo, t: &Target) -> Obs {
         // The last readings of an offline device are stale: they must
         // neither raise nor clear anything; device_unreachable covers it.
         _ if t.online == Some(false) => Obs::default(),
-        Check::Soc => numeric(rule, num(r, "soc"), "SOC", String::new()),
-        Check::Soh => numeric(rule, num(r, "soh"), "SOH", String::new()),
+        Check::Soc => numeric(rule, value(|p| p.soc_pct), "SOC", String::new()),
+        Check::Soh => numeric(rule, value(|p| p.soh_pct), "SOH", String::new()),
         Check::CellDelta => numeric(
             rule,
-            num(r, "cell_delta_voltage"),
+            value(|p| p.cell_delta_voltage_v),
             "cell delta",
             String::new(),
         ),
         Check::CellMin => numeric(
             rule,
-            num(r, "cell_min_voltage"),
+            value(|p| p.cell_min_voltage_v),
             "lowest cell",
-            cell_detail(r, "cell_min_number"),
+            cell_detail(p.and_then(|p| p.cell_min_number)),
         ),
         Check::CellMax => numeric(
             rule,
-            num(r, "cell_max_voltage"),
+            value(|p| p.cell_max_voltage_v),
             "highest cell",
-            cell_detail(r, "cell_max_number"),
+            cell_detail(p.and_then(|p| p.cell_max_number)),
         ),
         Check::CellAverage => numeric(
             rule,
-            num(r, "cell_average_voltage"),
+            value(|p| p.cell_average_voltage_v),
             "average cell voltage",
             String::new(),
         ),
         Check::TempHigh => {
-            let t = battery_temperature(r, true);
+            let t = battery_temperature(p, true);
             numeric(
                 rule,
                 t.map(|t| t.0),
@@ -1183,15 +1183,20 @@ fn observe(rule: &RuleInfo, t: &Target) -> Obs {
                 t.map(|t| format!(" (sensor {})", t.1)).unwrap_or_default(),
             )
         }
-        Check::ChargeCurrent => numeric(rule, num(r, "current"), "charge current", String::new()),
+        Check::ChargeCurrent => numeric(
+            rule,
+            value(|p| p.current_a),
+            "charge current",
+            String::new(),
+        ),
         Check::DischargeCurrent => numeric(
             rule,
-            num(r, "current").map(|i| -i),
+            value(|p| p.current_a).map(|i| -i),
             "discharge current",
             String::new(),
         ),
         Check::WireResistance => {
-            let w = wire_resistance(r);
+            let w = wire_resistance(p);
             numeric(
                 rule,
                 w.map(|w| w.0),
@@ -1199,26 +1204,26 @@ fn observe(rule: &RuleInfo, t: &Target) -> Obs {
                 w.map(|w| format!(" (cell {})", w.1)).unwrap_or_default(),
             )
         }
-        Check::PackHigh | Check::PackLow => pack(rule, r),
-        Check::NoCharging => no_charging(rule, r),
-        Check::TempLowCharging => cold_charging(rule, r),
-        Check::BmsAlarm => match r.get("problem").and_then(Value::as_bool) {
-            Some(p) => Obs {
-                text: r.get("alarms").and_then(Value::as_str).map(str::to_owned),
-                ..Obs::flag(p)
+        Check::PackHigh | Check::PackLow => pack(rule, p),
+        Check::NoCharging => no_charging(rule, p),
+        Check::TempLowCharging => cold_charging(rule, p),
+        Check::BmsAlarm => match p.and_then(|p| p.problem) {
+            Some(problem) => Obs {
+                text: p.and_then(|p| p.alarms.clone()),
+                ..Obs::flag(problem)
             },
             None => Obs::default(),
         },
-        Check::Emergency => match num(r, "emergency_countdown") {
+        Check::Emergency => match value(|p| p.emergency_countdown_s) {
             Some(v) => Obs {
                 value: Some(v),
                 ..Obs::flag(v > 0.0)
             },
             None => Obs::default(),
         },
-        Check::InverterFault => match r.get("faults").and_then(Value::as_str) {
-            Some(f) => {
-                let f = f.trim();
+        Check::InverterFault => match t.reading.and_then(Reading::inverter) {
+            Some(i) => {
+                let f = i.faults.trim();
                 Obs {
                     text: Some(f.to_owned()),
                     ..Obs::flag(!f.is_empty() && f != "none")
@@ -1229,12 +1234,14 @@ fn observe(rule: &RuleInfo, t: &Target) -> Obs {
     }
 }
 
-fn pack(rule: &RuleInfo, r: &Map<String, Value>) -> Obs {
-    let cells = r
-        .get("cell_count")
-        .and_then(Value::as_u64)
-        .filter(|n| *n > 0);
-    let mut o = numeric(rule, num(r, "voltage"), "pack voltage", String::new());
+fn pack(rule: &RuleInfo, p: Option<&PackReading>) -> Obs {
+    let cells = p.map(|p| p.cell_count).filter(|n| *n > 0);
+    let mut o = numeric(
+        rule,
+        pack_value(p, |p| p.voltage_v),
+        "pack voltage",
+        String::new(),
+    );
     // Without the series count the per-cell limit means nothing.
     let (Some(n), Some(t), Some(c)) = (cells, rule.threshold, rule.clear) else {
         o.zone = Zone::Unknown;
@@ -1257,10 +1264,10 @@ fn pack(rule: &RuleInfo, r: &Map<String, Value>) -> Obs {
 /// there. Raises when SOC < threshold and current ≤ 0.5 A; clears when
 /// SOC ≥ clear or at least 1 A flows; a missing value only matters when
 /// the other one does not decide.
-fn no_charging(rule: &RuleInfo, r: &Map<String, Value>) -> Obs {
-    let mut o = numeric(rule, num(r, "soc"), "SOC", String::new());
+fn no_charging(rule: &RuleInfo, p: Option<&PackReading>) -> Obs {
+    let mut o = numeric(rule, pack_value(p, |p| p.soc_pct), "SOC", String::new());
     let soc_zone = o.zone;
-    o.current = num(r, "current");
+    o.current = pack_value(p, |p| p.current_a);
     o.zone = match (soc_zone, o.current) {
         (_, Some(i)) if i >= CHARGING_AGAIN_A => Zone::Clear,
         (Zone::Clear, _) => Zone::Clear,
@@ -1273,8 +1280,8 @@ fn no_charging(rule: &RuleInfo, r: &Map<String, Value>) -> Obs {
 
 /// Charging while the coldest battery sensor is below the threshold.
 /// Clears when the temperature is back above clear or charging stops.
-fn cold_charging(rule: &RuleInfo, r: &Map<String, Value>) -> Obs {
-    let t = battery_temperature(r, false);
+fn cold_charging(rule: &RuleInfo, p: Option<&PackReading>) -> Obs {
+    let t = battery_temperature(p, false);
     let mut o = numeric(
         rule,
         t.map(|t| t.0),
@@ -1282,7 +1289,7 @@ fn cold_charging(rule: &RuleInfo, r: &Map<String, Value>) -> Obs {
         t.map(|t| format!(" (sensor {})", t.1)).unwrap_or_default(),
     );
     let temp_zone = o.zone;
-    o.current = num(r, "current");
+    o.current = pack_value(p, |p| p.current_a);
     o.zone = match (temp_zone, o.current) {
         (_, Some(i)) if i <= 0.0 => Zone::Clear,
         (Zone::Clear, _) => Zone::Clear,
@@ -1414,15 +1421,13 @@ pub fn evaluate(inputs: &Inputs, rules: &Rules, state: &AlertState, now: Timesta
     let started = *next.started.get_or_insert(now);
     let may_raise = now >= started.plus(rules.startup_grace);
     let mut events = Vec::new();
-    let empty = Map::new();
-
     for rule in &rules.rules {
         if !(rules.enabled && rule.enabled) {
             switch_off(rule, &mut next, now, &mut events);
             continue;
         }
         let slots = next.slots.entry(rule.id.to_owned()).or_default();
-        for t in targets(rule.check, inputs, &empty) {
+        for t in targets(rule.check, inputs) {
             let obs = observe(rule, &t);
             let slot = slots.entry(t.id.to_owned()).or_default();
             step(rule, &t, obs, slot, now, may_raise, &mut events);
@@ -1653,7 +1658,14 @@ fn prune(state: &mut AlertState, rules: &Rules, now: Timestamp) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{Map, Value, json};
+
+    /// A published state object read back as the device's typed report.
+    /// Leaked: the tests' inputs borrow it, and a test process is short.
+    fn reading(kind: DeviceKind, r: &Map<String, Value>) -> Option<&'static Reading> {
+        let reading = Reading::from_state(kind, r).expect("a state object of that kind");
+        Some(Box::leak(Box::new(reading)))
+    }
 
     const T0: u64 = 1_750_000_000_000;
     const GRACE: u64 = 180;
@@ -1698,7 +1710,7 @@ mod tests {
             name,
             kind: DeviceKind::Bms,
             online: Some(true),
-            readings: r,
+            reading: reading(DeviceKind::Bms, r),
         }
     }
 
@@ -2183,7 +2195,7 @@ mod tests {
             name: "Boiler",
             kind: DeviceKind::Plug,
             online,
-            readings: r,
+            reading: reading(DeviceKind::Plug, r),
         }
     }
 
@@ -2421,7 +2433,7 @@ mod tests {
             name: "Deye",
             kind: DeviceKind::Inverter,
             online: Some(true),
-            readings: r,
+            reading: reading(DeviceKind::Inverter, r),
         };
         let mut events = Vec::new();
         for _ in 0..31 {

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde_json::{Map, Value};
 use time::OffsetDateTime;
 
-use crate::model::DeviceKind;
+use crate::model::{DeviceKind, Reading};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeviceEntry {
@@ -13,8 +13,37 @@ pub struct DeviceEntry {
     pub name: String,
     /// `None` until the driver has said anything.
     pub online: Option<bool>,
-    pub readings: Map<String, Value>,
+    /// The latest report, `None` until the device has sent one.
+    pub reading: Option<Reading>,
+    /// What the bridge itself adds to the state object (a plug's mode,
+    /// whether it is shed).
+    pub annotations: Map<String, Value>,
     pub last_seen: Option<OffsetDateTime>,
+}
+
+impl DeviceEntry {
+    /// The state object published on `<base>/<id>` (without `last_seen`).
+    pub fn state(&self) -> Map<String, Value> {
+        let mut m = self
+            .reading
+            .as_ref()
+            .map(Reading::to_state)
+            .unwrap_or_default();
+        m.extend(self.annotations.clone());
+        m
+    }
+
+    pub fn pack(&self) -> Option<&crate::model::PackReading> {
+        self.reading.as_ref()?.pack()
+    }
+
+    pub fn inverter(&self) -> Option<&crate::model::InverterReading> {
+        self.reading.as_ref()?.inverter()
+    }
+
+    pub fn plug(&self) -> Option<&crate::model::PlugReading> {
+        self.reading.as_ref()?.plug()
+    }
 }
 
 /// Devices by id, in id order.
@@ -35,7 +64,8 @@ impl Registry {
                         kind,
                         name,
                         online: None,
-                        readings: Map::new(),
+                        reading: None,
+                        annotations: Map::new(),
                         last_seen: None,
                     },
                 )
@@ -73,10 +103,13 @@ impl Registry {
     }
 
     /// Records a reading; returns false for an unknown device.
-    pub fn record(&mut self, id: &str, readings: Map<String, Value>, now: OffsetDateTime) -> bool {
+    pub fn record(&mut self, id: &str, reading: Reading, now: OffsetDateTime) -> bool {
         match self.devices.get_mut(id) {
             Some(d) => {
-                d.readings.extend(readings);
+                match &mut d.reading {
+                    Some(old) => old.merge(reading),
+                    slot => *slot = Some(reading),
+                }
                 d.last_seen = Some(now);
                 true
             }
@@ -90,7 +123,7 @@ impl Registry {
     pub fn annotate(&mut self, id: &str, values: Map<String, Value>) -> bool {
         match self.devices.get_mut(id) {
             Some(d) => {
-                d.readings.extend(values);
+                d.annotations.extend(values);
                 true
             }
             None => false,
@@ -137,10 +170,12 @@ mod tests {
         assert!(!r.set_online("ghost", true));
         assert_eq!(r.online_count(), 1);
         let now = OffsetDateTime::UNIX_EPOCH;
-        let mut m = Map::new();
-        m.insert("power".into(), 5.into());
-        assert!(r.record("fridge", m.clone(), now));
-        assert!(!r.record("ghost", m, now));
-        assert_eq!(r.get("fridge").unwrap().readings["power"], 5);
+        let reading = Reading::Plug(crate::model::PlugReading {
+            power_w: Some(5.0),
+            ..Default::default()
+        });
+        assert!(r.record("fridge", reading.clone(), now));
+        assert!(!r.record("ghost", reading, now));
+        assert_eq!(r.get("fridge").unwrap().state()["power"], 5.0);
     }
 }

@@ -9,18 +9,17 @@ pub mod tapo;
 
 use std::future::Future;
 
-use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
 /// What a driver reports about one device.
 #[derive(Debug, Clone, PartialEq)]
 pub enum DriverEvent {
-    /// Fresh readings: field name → number, string or bool, in the units of
-    /// docs/DEVICES.md.
+    /// A fresh report (merged into the registry and published retained on
+    /// `<base>/<id>` as [`Reading::to_state`](crate::model::Reading::to_state)).
     Readings {
         device: String,
-        values: Map<String, Value>,
+        reading: crate::model::Reading,
     },
     /// The device became reachable or unreachable.
     Availability { device: String, online: bool },

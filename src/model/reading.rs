@@ -116,6 +116,7 @@ mod on_off {
 
 /// What a smart plug reports (Tapo P100/P110, Shelly Gen2+).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct PlugReading {
     /// The relay.
     #[serde(rename = "state", with = "on_off")]
@@ -192,6 +193,7 @@ impl PlugReading {
 /// What a hybrid inverter reports. Powers in W; `grid_power` and the port
 /// powers + = import, `battery_power` + = discharging.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct InverterReading {
     /// The rating, from the identity (absent until it has been read).
     #[serde(
@@ -233,6 +235,33 @@ pub struct InverterReading {
 }
 
 impl InverterReading {
+    /// The keys of the typed fields (a test checks them against the
+    /// serialisation).
+    pub const KEYS: &[&str] = &[
+        "rated_power",
+        "inverter_power",
+        "grid_port_power",
+        "gen_port_power",
+        "load_power",
+        "grid_power",
+        "pv_power",
+        "battery_power",
+        "battery_soc",
+        "grid_connected",
+        "fault_bits",
+        "faults",
+    ];
+
+    /// Sets the display-only values; keys of typed fields are left out
+    /// (the typed value is the one published).
+    pub fn with_details(mut self, details: Details) -> Self {
+        self.details = details
+            .into_iter()
+            .filter(|(k, _)| !Self::KEYS.contains(&k.as_str()))
+            .collect();
+        self
+    }
+
     /// PV surplus over the house load, for surplus rules.
     pub fn surplus_w(&self) -> f64 {
         self.pv_power_w - self.load_power_w
@@ -243,6 +272,7 @@ impl InverterReading {
 
 /// What a battery pack's BMS reports. Current + = charging.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct PackReading {
     #[serde(
         rename = "voltage",
@@ -396,6 +426,36 @@ pub fn temperature_key(n: u8) -> Option<&'static str> {
 }
 
 impl PackReading {
+    /// The keys of the typed fields that are plain struct fields (the
+    /// temperatures and cells add `temperature_<n>`, `cell_<nn>_voltage`
+    /// and `cell_<nn>_resistance`).
+    pub const KEYS: &[&str] = &[
+        "voltage",
+        "current",
+        "soc",
+        "soh",
+        "cell_count",
+        "cell_min_voltage",
+        "cell_min_number",
+        "cell_max_voltage",
+        "cell_max_number",
+        "cell_average_voltage",
+        "cell_delta_voltage",
+        "max_discharge_current",
+        "problem",
+        "alarms",
+        "emergency_countdown",
+    ];
+
+    /// Adds display-only values; keys of typed fields are left out.
+    pub fn add_details(&mut self, details: Details) {
+        self.details.extend(
+            details
+                .into_iter()
+                .filter(|(k, _)| !Self::KEYS.contains(&k.as_str())),
+        );
+    }
+
     pub fn to_state(&self) -> Map<String, Value> {
         let mut m = object(self);
         let mut put = |key: Option<&str>, v: f64| {

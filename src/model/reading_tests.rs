@@ -112,3 +112,53 @@ fn cell_keys_stop_at_the_last_cell() {
     assert_eq!(cell_voltage_key(0), None);
     assert_eq!(cell_voltage_key(33), None);
 }
+
+#[test]
+fn the_typed_keys_are_those_serialised() {
+    let keys = |m: Map<String, Value>| -> Vec<String> { m.keys().cloned().collect() };
+    let mut inverter: Vec<String> = keys(object(&InverterReading {
+        rated_power_w: Some(1.0),
+        ..InverterReading::default()
+    }));
+    let mut want: Vec<String> = InverterReading::KEYS
+        .iter()
+        .map(|k| k.to_string())
+        .collect();
+    inverter.sort();
+    want.sort();
+    assert_eq!(inverter, want);
+    let pack = PackReading {
+        voltage_v: Some(1.0),
+        current_a: Some(1.0),
+        soc_pct: Some(1.0),
+        soh_pct: Some(1.0),
+        cell_min_voltage_v: Some(1.0),
+        cell_min_number: Some(1),
+        cell_max_voltage_v: Some(1.0),
+        cell_max_number: Some(1),
+        cell_average_voltage_v: Some(1.0),
+        cell_delta_voltage_v: Some(1.0),
+        max_discharge_current_a: Some(1.0),
+        problem: Some(false),
+        alarms: Some("none".into()),
+        emergency_countdown_s: Some(0.0),
+        ..PackReading::default()
+    };
+    let mut got = keys(pack.to_state());
+    let mut want: Vec<String> = PackReading::KEYS.iter().map(|k| k.to_string()).collect();
+    got.sort();
+    want.sort();
+    assert_eq!(got, want);
+    // Details never shadow a typed value.
+    let mut d = Map::new();
+    d.insert("soc".into(), json!(1));
+    d.insert("uptime".into(), json!(5));
+    let mut p = PackReading::default();
+    p.add_details(d.clone());
+    assert_eq!(keys(p.details), ["uptime"]);
+    let mut d = Map::new();
+    d.insert("faults".into(), json!("F18"));
+    d.insert("poll_ms".into(), json!(5));
+    let i = InverterReading::default().with_details(d);
+    assert_eq!(keys(i.details), ["poll_ms"]);
+}

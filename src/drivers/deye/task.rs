@@ -15,7 +15,7 @@ use super::transport::{Link, LinkCounters, TransportError};
 use crate::config::InverterConfig;
 use crate::drivers::health::{Failure, Loudness, PollHealth};
 use crate::drivers::{DeviceInfo, DriverEvent, DriverHandle};
-use crate::model::DeviceCommand;
+use crate::model::{DeviceCommand, InverterReading, Reading};
 
 /// Identity (model, serial, rated power) is re-read this often.
 const IDENTITY_EVERY: Duration = Duration::from_secs(3600);
@@ -270,16 +270,18 @@ async fn run(
                         .await;
                 }
                 online.set(&events, true).await;
-                let mut values = sample.to_map();
-                values.extend(poller.diagnostics());
-                values.insert(
+                let mut details = sample.to_map();
+                details.extend(poller.diagnostics());
+                details.insert(
                     "poll_ms".into(),
                     Value::from(started.elapsed().as_millis() as u64),
                 );
+                let rated = poller.identity.as_ref().map(|(i, _)| i.rated_power_w);
+                let reading = inverter_reading(&sample, rated).with_details(details);
                 let _ = events
                     .send(DriverEvent::Readings {
                         device: id.clone(),
-                        values,
+                        reading: Reading::Inverter(Box::new(reading)),
                     })
                     .await;
             }
@@ -334,6 +336,30 @@ async fn run(
         next = started + delay;
     }
     poller.close().await;
+}
+
+/// The typed part of a sample; the rest of the register map travels as
+/// details.
+fn inverter_reading(sample: &Sample, rated_power_w: Option<f64>) -> InverterReading {
+    InverterReading {
+        rated_power_w,
+        inverter_power_w: sample.inverter_power_w,
+        grid_port_power_w: sample.grid_port_power_w,
+        gen_port_power_w: sample.gen_port_power_w,
+        load_power_w: sample.load_power_w,
+        grid_power_w: sample.grid_power_w,
+        pv_power_w: sample.pv_power_w,
+        battery_power_w: sample.battery_power_w,
+        battery_soc_pct: sample.battery_soc,
+        grid_connected: sample.grid_connected,
+        fault_bits: sample.fault_bits,
+        // The register map's `Role::Faults` field, as names.
+        faults: sample
+            .get("faults")
+            .and_then(registers::Value::text)
+            .unwrap_or_else(|| "none".into()),
+        details: Default::default(),
+    }
 }
 
 fn device_info(identity: &Identity) -> DeviceInfo {

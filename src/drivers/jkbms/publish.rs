@@ -1,5 +1,5 @@
 //! What a pack publishes: the discovery description ([`fields`]) and the
-//! JSON state object ([`CellInfo::to_map`], plus
+//! pack's report ([`CellInfo::reading`], plus
 //! [`Settings::state_map`](super::settings::Settings::state_map) and
 //! [`AssemblerStats::to_map`](super::assembler::AssemblerStats::to_map)).
 //! Both live here so that their keys cannot drift apart; a test checks it.
@@ -12,6 +12,9 @@ use serde_json::{Map, Value};
 
 use super::cell_info::CellInfo;
 use super::frame::Variant;
+use crate::model::reading::{
+    CellReading, MAX_CELLS, PackReading, cell_resistance_key, cell_voltage_key, temperature_key,
+};
 use crate::model::{FieldKind, FieldSpec};
 
 /// Rounded to `decimals`; whole numbers as JSON integers ("280", not
@@ -53,11 +56,19 @@ impl TempSensor {
     pub fn key(self) -> &'static str {
         match self {
             Self::Mosfet => "mosfet_temperature",
-            Self::T1 => "temperature_1",
-            Self::T2 => "temperature_2",
-            Self::T3 => "temperature_3",
-            Self::T4 => "temperature_4",
-            Self::T5 => "temperature_5",
+            t => t.number().and_then(temperature_key).unwrap_or_default(),
+        }
+    }
+
+    /// The sensor's number on the BMS; the MOSFET sensor has none.
+    fn number(self) -> Option<u8> {
+        match self {
+            Self::Mosfet => None,
+            Self::T1 => Some(1),
+            Self::T2 => Some(2),
+            Self::T3 => Some(3),
+            Self::T4 => Some(4),
+            Self::T5 => Some(5),
         }
     }
 
@@ -119,27 +130,6 @@ impl PackShape {
     pub fn with_settings(self, settings: bool) -> Self {
         Self { settings, ..self }
     }
-}
-
-macro_rules! cell_keys {
-    ($($n:literal),* $(,)?) => {
-        const CELL_VOLTAGE: [(&str, &str); 32] =
-            [$((concat!("cell_", $n, "_voltage"), concat!("Cell ", $n, " voltage"))),*];
-        const CELL_RESISTANCE: [(&str, &str); 32] =
-            [$((concat!("cell_", $n, "_resistance"), concat!("Cell ", $n, " wire resistance"))),*];
-    };
-}
-
-cell_keys!(
-    "01", "02", "03", "04", "05", "06", "07", "08", "09", "10", "11", "12", "13", "14", "15", "16",
-    "17", "18", "19", "20", "21", "22", "23", "24", "25", "26", "27", "28", "29", "30", "31", "32",
-);
-
-fn cell_key(
-    table: &[(&'static str, &'static str); 32],
-    number: u8,
-) -> Option<(&'static str, &'static str)> {
-    table.get(usize::from(number).checked_sub(1)?).copied()
 }
 
 fn sensor(key: &'static str, name: &'static str) -> FieldSpec {
@@ -223,12 +213,12 @@ pub fn fields(shape: &PackShape) -> Vec<FieldSpec> {
         ]);
     }
     for n in 1..=shape.cells {
-        if let Some((key, name)) = cell_key(&CELL_VOLTAGE, n) {
+        if let Some((key, name)) = cell_voltage_key(n) {
             out.push(volts(key, name, 3));
         }
     }
     for n in 1..=shape.cells {
-        if let Some((key, name)) = cell_key(&CELL_RESISTANCE, n) {
+        if let Some((key, name)) = cell_resistance_key(n) {
             // Mostly static and many: diagnostic and disabled until the
             // user wants them.
             out.push(FieldSpec {
@@ -344,26 +334,66 @@ fn num(m: &mut Map<String, Value>, key: &str, v: f64, decimals: i32) {
     }
 }
 
+/// A number as published: rounded, and absent when not finite.
+fn rounded(v: f64, decimals: i32) -> Option<f64> {
+    number(v, decimals).as_f64()
+}
+
 impl CellInfo {
-    /// The live part of the pack's state object. Fields the variant lacks
-    /// and temperature sensors that are not fitted are omitted, never
-    /// published as a stand-in number.
+    /// The live part of the pack's state object, as a map (the decoder
+    /// CLI and the tests print it).
     pub fn to_map(&self) -> Map<String, Value> {
-        let mut m = Map::new();
-        num(&mut m, "voltage", self.pack_voltage, 3);
-        if let Some(i) = self.current {
-            num(&mut m, "current", i, 3);
-        }
+        self.reading().to_state()
+    }
+
+    /// The live part of the pack's report. Fields the variant lacks and
+    /// temperature sensors that are not fitted are omitted, never
+    /// published as a stand-in number.
+    pub fn reading(&self) -> PackReading {
+        let stats = self.stats();
+        let mut r = PackReading {
+            voltage_v: rounded(self.pack_voltage, 3),
+            current_a: self.current.and_then(|i| rounded(i, 3)),
+            soc_pct: self.soc.map(f64::from),
+            soh_pct: self.soh.map(f64::from),
+            cell_count: self.cells.len() as u64,
+            cell_min_voltage_v: stats.and_then(|s| rounded(s.min_voltage, 4)),
+            cell_min_number: stats.map(|s| s.min_cell as u64),
+            cell_max_voltage_v: stats.and_then(|s| rounded(s.max_voltage, 4)),
+            cell_max_number: stats.map(|s| s.max_cell as u64),
+            cell_average_voltage_v: stats.and_then(|s| rounded(s.average_voltage, 4)),
+            cell_delta_voltage_v: stats.and_then(|s| rounded(s.delta_voltage, 4)),
+            temperatures_c: TempSensor::ALL
+                .into_iter()
+                .filter_map(|t| Some((t.number()?, rounded(t.read(self)?, 1)?)))
+                .collect(),
+            cells: self
+                .cells
+                .iter()
+                .filter(|c| c.number <= MAX_CELLS)
+                .map(|c| CellReading {
+                    number: c.number,
+                    voltage_v: rounded(c.voltage, 4).unwrap_or(f64::NAN),
+                    resistance_mohm: rounded(c.resistance, 1).unwrap_or(f64::NAN),
+                })
+                .collect(),
+            problem: self.alarms.map(|a| a.problem()),
+            alarms: self.alarms.map(|a| {
+                let names = a.names();
+                if names.is_empty() {
+                    "none".to_owned()
+                } else {
+                    names.join(", ")
+                }
+            }),
+            emergency_countdown_s: self.emergency_countdown_s.map(f64::from),
+            ..PackReading::default()
+        };
+        let m = &mut r.details;
         if let Some(p) = self.power() {
-            num(&mut m, "power", p, 2);
-            num(&mut m, "charging_power", p.max(0.0), 2);
-            num(&mut m, "discharging_power", (-p).max(0.0), 2);
-        }
-        if let Some(v) = self.soc {
-            m.insert("soc".into(), v.into());
-        }
-        if let Some(v) = self.soh {
-            m.insert("soh".into(), v.into());
+            num(m, "power", p, 2);
+            num(m, "charging_power", p.max(0.0), 2);
+            num(m, "discharging_power", (-p).max(0.0), 2);
         }
         for (key, v) in [
             ("remaining_capacity", self.remaining_capacity),
@@ -371,35 +401,16 @@ impl CellInfo {
             ("total_cycle_capacity", self.total_cycle_capacity),
         ] {
             if let Some(v) = v {
-                num(&mut m, key, v, 3);
+                num(m, key, v, 3);
             }
         }
         if let Some(v) = self.cycle_count {
             m.insert("cycle_count".into(), v.into());
         }
-        m.insert("cell_count".into(), self.cells.len().into());
-        if let Some(s) = self.stats() {
-            num(&mut m, "cell_min_voltage", s.min_voltage, 4);
-            num(&mut m, "cell_max_voltage", s.max_voltage, 4);
-            m.insert("cell_min_number".into(), s.min_cell.into());
-            m.insert("cell_max_number".into(), s.max_cell.into());
-            num(&mut m, "cell_average_voltage", s.average_voltage, 4);
-            num(&mut m, "cell_delta_voltage", s.delta_voltage, 4);
+        if let Some(v) = TempSensor::Mosfet.read(self) {
+            num(m, TempSensor::Mosfet.key(), v, 1);
         }
-        for c in &self.cells {
-            if let Some((key, _)) = cell_key(&CELL_VOLTAGE, c.number) {
-                num(&mut m, key, c.voltage, 4);
-            }
-            if let Some((key, _)) = cell_key(&CELL_RESISTANCE, c.number) {
-                num(&mut m, key, c.resistance, 1);
-            }
-        }
-        for t in TempSensor::ALL {
-            if let Some(v) = t.read(self) {
-                num(&mut m, t.key(), v, 1);
-            }
-        }
-        num(&mut m, "balancing_current", self.balancing_current, 3);
+        num(m, "balancing_current", self.balancing_current, 3);
         m.insert("balancing".into(), self.balancer.active().into());
         m.insert("balancer_state".into(), self.balancer.as_str().into());
         for (key, v) in [
@@ -413,24 +424,13 @@ impl CellInfo {
             }
         }
         if let Some(a) = self.alarms {
-            let names = a.names();
-            let text = if names.is_empty() {
-                "none".to_owned()
-            } else {
-                names.join(", ")
-            };
-            m.insert("alarms".into(), text.into());
             m.insert("alarm_bits".into(), a.bits().into());
-            m.insert("problem".into(), a.problem().into());
         }
         if let Some(v) = self.heating_current {
-            num(&mut m, "heating_current", v, 3);
+            num(m, "heating_current", v, 3);
         }
         if let Some(v) = self.charge_status {
             m.insert("charge_status".into(), v.as_str().into());
-        }
-        if let Some(v) = self.emergency_countdown_s {
-            m.insert("emergency_countdown".into(), v.into());
         }
         if let Some(v) = self.battery_type {
             m.insert("battery_type".into(), v.as_str().into());
@@ -446,7 +446,7 @@ impl CellInfo {
             m.insert("detail_log_entries".into(), v.into());
         }
         m.insert("uptime".into(), self.uptime_s.into());
-        m
+        r
     }
 }
 

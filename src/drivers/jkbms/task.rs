@@ -23,7 +23,7 @@ use super::{DecodeError, Decoded};
 use crate::config::BmsConfig;
 use crate::core::energy::{EnergyCounters, Integrator};
 use crate::drivers::{DriverEvent, DriverHandle};
-use crate::model::{DeviceCommand, FieldSpec};
+use crate::model::{DeviceCommand, FieldSpec, PackReading, Reading};
 use crate::storage::Store;
 
 /// No valid frame for this long: ask for the cell-info stream again.
@@ -72,29 +72,34 @@ pub fn pack_shape(info: &CellInfo, settings: &Map<String, Value>) -> PackShape {
     PackShape::of(info).with_settings(!settings.is_empty())
 }
 
-/// A pack's state object: the live cell info, the last settings frame, the
-/// frame counters of all its sessions and the energy counters. It holds
-/// every key that [`pack_fields`] advertises for [`pack_shape`] (a test
-/// checks it): a key Home Assistant's template cannot find is a warning in
-/// its log on every message, and an entity stuck at `unknown`.
-pub fn state_object(
+/// A pack's report: the live cell info, the last settings frame, the
+/// frame counters of all its sessions and the energy counters. Its state
+/// object holds every key that [`pack_fields`] advertises for
+/// [`pack_shape`] (a test checks it): a key Home Assistant's template
+/// cannot find is a warning in its log on every message, and an entity
+/// stuck at `unknown`.
+pub fn pack_reading(
     info: &CellInfo,
     settings: &Map<String, Value>,
     frames: &AssemblerStats,
     energy: &EnergyCounters,
-) -> Map<String, Value> {
-    let mut values = info.to_map();
-    values.extend(settings.clone());
-    values.extend(frames.to_map());
-    values.insert(
+) -> PackReading {
+    let mut r = info.reading();
+    // The one setting a consumer reads (the balancer's discharge limit).
+    r.max_discharge_current_a = settings
+        .get("max_discharge_current")
+        .and_then(Value::as_f64);
+    r.add_details(settings.clone());
+    r.add_details(frames.to_map());
+    r.details.insert(
         "energy_charged".into(),
         crate::model::round(energy.charged_kwh, 3).into(),
     );
-    values.insert(
+    r.details.insert(
         "energy_discharged".into(),
         crate::model::round(energy.discharged_kwh, 3).into(),
     );
-    values
+    r
 }
 
 /// Starts the task for one pack.
@@ -158,11 +163,11 @@ impl Pack {
             self.shape = Some(shape);
         }
         let frames = self.frames_before.plus(frames);
-        let values = state_object(info, &self.settings, &frames, &self.energy.counters);
+        let reading = pack_reading(info, &self.settings, &frames, &self.energy.counters);
         self.set_online(true).await;
         self.send(DriverEvent::Readings {
             device: self.id.clone(),
-            values,
+            reading: Reading::Pack(Box::new(reading)),
         })
         .await;
         if self.last_saved.elapsed() >= SAVE_EVERY {
@@ -404,12 +409,13 @@ mod tests {
         let (info, settings) = sim_sample();
         assert!(!settings.is_empty(), "the simulator sends settings");
         for settings in [Map::new(), settings] {
-            let state = state_object(
+            let state = pack_reading(
                 &info,
                 &settings,
                 &AssemblerStats::default(),
                 &EnergyCounters::default(),
-            );
+            )
+            .to_state();
             let shape = pack_shape(&info, &settings);
             let missing: Vec<&str> = pack_fields(&shape)
                 .iter()

@@ -411,7 +411,8 @@ fn check_cell_info(c: &mut Check, v: &Value, frame: &Frame) {
     // without a settings frame.
     for settings in [Map::new(), Settings::example(info.variant).state_map()] {
         let state =
-            super::task::state_object(&info, &settings, &Default::default(), &Default::default());
+            super::task::pack_reading(&info, &settings, &Default::default(), &Default::default())
+                .to_state();
         for f in super::task::pack_fields(&super::task::pack_shape(&info, &settings)) {
             c.ok(state.contains_key(f.key), f.key, || {
                 format!(

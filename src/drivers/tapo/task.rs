@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -13,7 +12,7 @@ use super::api::{DeviceInfo, EnergyUsage};
 use super::client::{PlugClient, TapoError};
 use crate::drivers::health::{Failure, Loudness, PollHealth};
 use crate::drivers::{DeviceInfo as Identity, DriverEvent, DriverHandle};
-use crate::model::{DeviceCommand, FieldKind, FieldSpec, SwitchState, round};
+use crate::model::{DeviceCommand, FieldKind, FieldSpec, PlugReading, Reading, SwitchState, round};
 
 /// Failed polls in a row before the plug is reported unavailable.
 const UNAVAILABLE_AFTER: u32 = 2;
@@ -115,45 +114,24 @@ pub fn fields_without_metering() -> Vec<FieldSpec> {
         .collect()
 }
 
-fn info_values(info: &DeviceInfo) -> Map<String, Value> {
-    let mut m = Map::new();
-    m.insert(
-        "state".into(),
-        (if info.device_on { "ON" } else { "OFF" }).into(),
-    );
-    m.insert("overheated".into(), info.overheated.unwrap_or(false).into());
-    // P110 power protection: "overloaded" when it cut the load off.
-    m.insert(
-        "overloaded".into(),
-        (info.power_protection.as_deref() == Some("overloaded")).into(),
-    );
-    m.insert(
-        "on_time".into(),
-        info.on_time_s.map(Value::from).unwrap_or(Value::Null),
-    );
-    m.insert(
-        "rssi".into(),
-        info.rssi.map(Value::from).unwrap_or(Value::Null),
-    );
-    if let Some(fw) = &info.fw_ver {
-        m.insert("firmware".into(), fw.clone().into());
+fn info_reading(info: &DeviceInfo) -> PlugReading {
+    PlugReading {
+        on: info.device_on,
+        overheated: info.overheated.unwrap_or(false),
+        // P110 power protection: "overloaded" when it cut the load off.
+        overloaded: info.power_protection.as_deref() == Some("overloaded"),
+        on_time_s: info.on_time_s,
+        rssi_dbm: info.rssi,
+        firmware: info.fw_ver.clone(),
+        model: info.model.clone(),
+        ..PlugReading::default()
     }
-    if let Some(model) = &info.model {
-        m.insert("model".into(), model.clone().into());
-    }
-    m
 }
 
-fn energy_values(e: &EnergyUsage, m: &mut Map<String, Value>) {
-    if let Some(p) = e.current_power_w {
-        m.insert("power".into(), round(p, 1).into());
-    }
-    if let Some(wh) = e.today_energy_wh {
-        m.insert("energy_today".into(), round(wh / 1000.0, 3).into());
-    }
-    if let Some(wh) = e.month_energy_wh {
-        m.insert("energy_month".into(), round(wh / 1000.0, 3).into());
-    }
+fn energy_reading(e: &EnergyUsage, r: &mut PlugReading) {
+    r.power_w = e.current_power_w.map(|p| round(p, 1));
+    r.energy_today_kwh = e.today_energy_wh.map(|wh| round(wh / 1000.0, 3));
+    r.energy_month_kwh = e.month_energy_wh.map(|wh| round(wh / 1000.0, 3));
 }
 
 fn identity(info: &DeviceInfo) -> Identity {
@@ -203,7 +181,7 @@ impl Plug {
     async fn poll(&mut self) -> Result<(), TapoError> {
         let info = self.client.get_device_info().await?;
         self.device_on = Some(info.device_on);
-        let mut values = info_values(&info);
+        let mut reading = info_reading(&info);
         let metering_model = info.model.as_deref().map(|m| !super::is_unmetered(m));
         if self.metering != Some(false) && metering_model != Some(false) {
             let energy_due = self.polls.is_multiple_of(ENERGY_EVERY) || self.metering.is_none();
@@ -211,12 +189,12 @@ impl Plug {
                 match self.client.get_energy_usage().await? {
                     Some(e) => {
                         self.metering = Some(true);
-                        energy_values(&e, &mut values);
+                        energy_reading(&e, &mut reading);
                     }
                     None => self.metering = Some(false),
                 }
             } else if let Some(p) = self.client.get_current_power().await? {
-                values.insert("power".into(), p.into());
+                reading.power_w = Some(p);
             }
         } else {
             self.metering = Some(false);
@@ -235,7 +213,7 @@ impl Plug {
         self.set_online(true).await;
         self.send(DriverEvent::Readings {
             device: self.id.clone(),
-            values,
+            reading: Reading::Plug(reading),
         })
         .await;
         Ok(())
