@@ -4,5 +4,6 @@ pub mod demo;
 pub mod deye_model;
 pub mod jkbms;
 pub mod modbus;
+pub mod shelly;
 pub mod solarman;
 pub mod tapo;
