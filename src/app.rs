@@ -13,10 +13,10 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::{Config, PlugConnection};
 use crate::control::{self, Control};
 use crate::core::registry::Registry;
-use crate::drivers::{DeviceInfo, DriverEvent, DriverHandle};
+use crate::drivers::{DriverEvent, DriverHandle};
 use crate::model::{DeviceCommand, DeviceKind, SwitchState};
 use crate::mqtt::commands::SetCommand;
 use crate::mqtt::connection::{Connection, Incoming};
@@ -241,9 +241,16 @@ fn spawn_drivers(
         out.insert(inv.id.clone(), handle);
     }
     for plug in &config.plug {
-        let link = crate::drivers::tapo::link_for(config, plug);
-        let handle =
-            crate::drivers::tapo::task::spawn(link, events.clone(), shutdown.child_token());
+        let handle = match &plug.connection {
+            PlugConnection::Tapo(tapo) => {
+                let link = crate::drivers::tapo::link_for(config, plug, tapo);
+                crate::drivers::tapo::task::spawn(link, events.clone(), shutdown.child_token())
+            }
+            PlugConnection::Shelly(shelly) => {
+                let link = crate::drivers::shelly::link_for(plug, shelly);
+                crate::drivers::shelly::task::spawn(link, events.clone(), shutdown.child_token())
+            }
+        };
         out.insert(plug.id.clone(), handle);
     }
     out
@@ -1220,177 +1227,8 @@ impl Bridge {
     }
 }
 
-/// What devices have told the bridge about themselves since start.
-#[derive(Debug, Clone, Default)]
-pub struct Known {
-    pub identities: HashMap<String, DeviceInfo>,
-    /// Entities of devices whose entities depend on the device.
-    pub fields: HashMap<String, Vec<crate::model::FieldSpec>>,
-}
-
-impl Known {
-    /// Whether the configured device `id` has said everything its entities
-    /// depend on: a pack its cell count, a plug its model. Anything else
-    /// (the inverter, the bridge's own devices, foreign ids) depends on
-    /// nothing.
-    pub fn describes(&self, config: &Config, id: &str) -> bool {
-        if config.bms.iter().any(|b| b.id == id) {
-            return self.fields.contains_key(id);
-        }
-        if config.plug.iter().any(|p| p.id == id) {
-            return self.identities.get(id).is_some_and(|i| i.model.is_some());
-        }
-        true
-    }
-}
-
-/// What discovery publishes for a plug whose model is not known yet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum UnknownPlug {
-    /// Only what every plug has: a P100 never shows power entities that
-    /// vanish a moment later; a P110 gains them when it answers.
-    Common,
-    /// Everything a plug may have.
-    Any,
-}
-
-/// Every discovery config the configuration may produce, with plugs of
-/// unknown model assumed to meter (empty when discovery is off). What
-/// `energy2mqtt discovery` prints.
-pub fn discovery_messages(
-    config: &Config,
-    topics: &Topics,
-    known: &Known,
-) -> Vec<DiscoveryMessage> {
-    discovery_with(config, topics, known, UnknownPlug::Any)
-}
-
-/// The discovery configs the running bridge publishes: only what the
-/// devices are known to have (empty when discovery is off, so the clean-up
-/// removes what an earlier run left).
-fn published_discovery(config: &Config, topics: &Topics, known: &Known) -> Vec<DiscoveryMessage> {
-    discovery_with(config, topics, known, UnknownPlug::Common)
-}
-
-fn discovery_with(
-    config: &Config,
-    topics: &Topics,
-    known: &Known,
-    unknown_plug: UnknownPlug,
-) -> Vec<DiscoveryMessage> {
-    if !config.homeassistant.discovery {
-        return Vec::new();
-    }
-    let identities = &known.identities;
-    let mut out = discovery::bridge_device(topics);
-    for pack in &config.bms {
-        let info = identities.get(&pack.id).cloned().unwrap_or_default();
-        let serial = info.serial_number.clone();
-        let mut device = device_block(topics, &pack.id, &pack.name, info, ("JK BMS", "JK-BMS"));
-        // The pack's own serial identifies it too once it has said it, as
-        // the other JK-BMS integrations do.
-        if let Some(serial) = serial {
-            device.identifiers.push(format!("jkbms_{serial}"));
-        }
-        let mut entities = discovery::DeviceEntities::new(topics, &pack.id, device);
-        let fields = known
-            .fields
-            .get(&pack.id)
-            .cloned()
-            .unwrap_or_else(crate::drivers::jkbms::task::default_fields);
-        for f in &fields {
-            entities.field_spec(f);
-        }
-        entities.refresh_button("refresh", "Refresh");
-        out.extend(entities.messages());
-    }
-    let inverter_fields = crate::drivers::deye::fields();
-    for inv in &config.inverter {
-        let info = identities.get(&inv.id).cloned().unwrap_or_default();
-        let device = device_block(
-            topics,
-            &inv.id,
-            &inv.name,
-            info,
-            ("Deye", "Hybrid inverter"),
-        );
-        let mut entities = discovery::DeviceEntities::new(topics, &inv.id, device);
-        for f in &inverter_fields {
-            entities.field_spec(f);
-        }
-        entities.refresh_button("refresh", "Refresh");
-        out.extend(entities.messages());
-    }
-    for plug in &config.plug {
-        let info = identities.get(&plug.id).cloned().unwrap_or_default();
-        let unmetered = match info.model.as_deref() {
-            Some(model) => crate::drivers::tapo::is_unmetered(model),
-            None => unknown_plug == UnknownPlug::Common,
-        };
-        let device = device_block(topics, &plug.id, &plug.name, info, ("TP-Link", "Tapo plug"));
-        let mut entities = discovery::DeviceEntities::new(topics, &plug.id, device);
-        // The switch is the device's main feature: it takes the device's
-        // name in Home Assistant.
-        entities.switch("switch", None);
-        crate::mqtt::control_entities::plug_entities(&mut entities, plug);
-        let fields = if unmetered {
-            crate::drivers::tapo::task::fields_without_metering()
-        } else {
-            crate::drivers::tapo::task::fields()
-        };
-        for f in &fields {
-            entities.field_spec(f);
-        }
-        entities.refresh_button("refresh", "Refresh");
-        out.extend(entities.messages());
-    }
-    out.extend(crate::mqtt::control_entities::balancer_devices(
-        config, topics,
-    ));
-    out.extend(crate::mqtt::control_entities::alerts_device(
-        &crate::core::alerts::Rules::from_config(&config.alerts),
-        topics,
-    ));
-    if config.inverter.len() > 1 {
-        let device = discovery::Device {
-            identifiers: vec![discovery::device_identifier(topics, SITE_ID)],
-            name: "Site".into(),
-            manufacturer: Some("energy2mqtt".into()),
-            model: Some(format!("Sum of {} inverters", config.inverter.len())),
-            ..Default::default()
-        };
-        let mut entities = discovery::DeviceEntities::new(topics, SITE_ID, device);
-        for f in &crate::core::site::fields() {
-            entities.field_spec(f);
-        }
-        out.extend(entities.messages());
-    }
-    out
-}
-
-/// A configured device's HA device block: what it said about itself,
-/// else `defaults` (manufacturer, model) until it has.
-fn device_block(
-    topics: &Topics,
-    id: &str,
-    name: &Option<String>,
-    info: DeviceInfo,
-    defaults: (&str, &str),
-) -> discovery::Device {
-    discovery::Device {
-        identifiers: vec![discovery::device_identifier(topics, id)],
-        name: name.clone().unwrap_or_else(|| id.to_owned()),
-        manufacturer: Some(info.manufacturer.unwrap_or_else(|| defaults.0.into())),
-        model: Some(info.model.unwrap_or_else(|| defaults.1.into())),
-        serial_number: info.serial_number,
-        sw_version: info.sw_version,
-        hw_version: info.hw_version,
-        ..Default::default()
-    }
-}
-
-/// The device id of the summed inverters (reserved in the configuration).
-pub const SITE_ID: &str = "site";
+use crate::mqtt::devices::published_discovery;
+pub use crate::mqtt::devices::{Known, SITE_ID, discovery_messages};
 
 #[cfg(test)]
 mod tests {

@@ -11,8 +11,8 @@ use energy2mqtt::config::schedule::{Schedule, TimeOfDay, Weekday};
 use energy2mqtt::config::{
     AlertsConfig, BalancerConfig, BmsConfig, BmsVariant, BrokerConfig, Config, ConfigError,
     ConfigErrors, HomeAssistantConfig, InverterConfig, InverterTransport, LogConfig, MqttConfig,
-    NtfyConfig, PlugConfig, PushConfig, RuleOverride, Secret, Sources, StorageConfig, TapoConfig,
-    TelegramConfig, load_from,
+    NtfyConfig, PlugConfig, PlugConnection, PushConfig, RuleOverride, Secret, ShellyPlug, Sources,
+    StorageConfig, TapoConfig, TapoPlug, TelegramConfig, load_from,
 };
 use energy2mqtt::core::alerts::Level;
 
@@ -1067,31 +1067,62 @@ fn every_key() -> Config {
             unavailable_after: 1,
             power_scale: 1.0,
         }],
-        plug: vec![PlugConfig {
-            id: "p".into(),
-            name: Some("n".into()),
-            host: "h".into(),
-            port: Some(1),
-            email: Some(Secret::new("e")),
-            password: Some(Secret::new("p")),
-            nominal_w: Some(1.0),
-            poll_interval: d,
-            inverter: Some("i".into()),
-            priority: 1,
-            sheddable: true,
-            min_on: d,
-            min_off: d,
-            failsafe_shed: true,
-            pv_deficit_off: true,
-            schedule: vec![Schedule {
-                on: TimeOfDay::new(7, 0),
-                off: TimeOfDay::new(8, 30),
-                days: vec![Weekday::Mon],
-            }],
-            surplus_on_w: Some(1.0),
-            surplus_off_w: 0.0,
-            surplus_for: d,
-        }],
+        plug: vec![
+            PlugConfig {
+                id: "p".into(),
+                name: Some("n".into()),
+                connection: PlugConnection::Tapo(TapoPlug {
+                    host: "h".into(),
+                    port: Some(1),
+                    email: Some(Secret::new("e")),
+                    password: Some(Secret::new("p")),
+                }),
+                nominal_w: Some(1.0),
+                poll_interval: d,
+                inverter: Some("i".into()),
+                priority: 1,
+                sheddable: true,
+                min_on: d,
+                min_off: d,
+                failsafe_shed: true,
+                pv_deficit_off: true,
+                schedule: vec![Schedule {
+                    on: TimeOfDay::new(7, 0),
+                    off: TimeOfDay::new(8, 30),
+                    days: vec![Weekday::Mon],
+                }],
+                surplus_on_w: Some(1.0),
+                surplus_off_w: 0.0,
+                surplus_for: d,
+            },
+            PlugConfig {
+                id: "s".into(),
+                name: Some("n".into()),
+                connection: PlugConnection::Shelly(ShellyPlug {
+                    host: "h".into(),
+                    port: Some(1),
+                    password: Some(Secret::new("p")),
+                    switch_id: 1,
+                }),
+                nominal_w: Some(1.0),
+                poll_interval: d,
+                inverter: Some("i".into()),
+                priority: 1,
+                sheddable: true,
+                min_on: d,
+                min_off: d,
+                failsafe_shed: true,
+                pv_deficit_off: true,
+                schedule: vec![Schedule {
+                    on: TimeOfDay::new(7, 0),
+                    off: TimeOfDay::new(8, 30),
+                    days: vec![Weekday::Mon],
+                }],
+                surplus_on_w: Some(1.0),
+                surplus_off_w: 0.0,
+                surplus_for: d,
+            },
+        ],
         balancer: BalancerConfig::default(),
         alerts: AlertsConfig::default(),
         push: PushConfig {
@@ -1124,12 +1155,16 @@ fn all_keys() -> BTreeSet<(String, String)> {
     let value = toml::Value::try_from(every_key()).expect("serializable");
     let mut out = BTreeSet::new();
     for (section, v) in value.as_table().expect("a table") {
-        let table = match v {
-            toml::Value::Table(t) => t,
-            toml::Value::Array(a) => a[0].as_table().expect("array of tables"),
+        // Every element of a list: a Shelly plug has keys a Tapo plug has not.
+        let tables: Vec<&toml::Table> = match v {
+            toml::Value::Table(t) => vec![t],
+            toml::Value::Array(a) => a
+                .iter()
+                .map(|t| t.as_table().expect("array of tables"))
+                .collect(),
             other => panic!("top-level key {section} is not a section: {other:?}"),
         };
-        for key in table.keys() {
+        for key in tables.iter().flat_map(|t| t.keys()) {
             out.insert((section.clone(), key.clone()));
         }
     }

@@ -5,6 +5,7 @@
 mod alerts;
 pub mod duration;
 mod load;
+mod plug;
 pub mod push;
 pub mod schedule;
 pub mod secret;
@@ -21,6 +22,7 @@ pub use crate::model::DeviceKind;
 
 pub use alerts::{AlertsConfig, BatteryChemistry, RuleOverride};
 pub use load::{ConfigError, ConfigErrors, DEFAULT_PATH, Sources, load, load_from};
+pub use plug::{PlugConfig, PlugConnection, PlugKind, ShellyPlug, TapoPlug};
 pub use push::{NtfyConfig, PushConfig, TelegramConfig};
 pub use secret::Secret;
 
@@ -326,71 +328,6 @@ fn default_unavailable_after() -> u32 {
 }
 fn default_power_scale() -> f64 {
     1.0
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct PlugConfig {
-    pub id: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    pub host: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub port: Option<u16>,
-    /// Own credentials; `[tapo]` is used when unset.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub email: Option<Secret>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub password: Option<Secret>,
-    /// What the load draws when on, for plugs without metering (P100).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub nominal_w: Option<f64>,
-    #[serde(default = "default_plug_poll", with = "duration")]
-    pub poll_interval: Duration,
-    /// The inverter whose overload this plug helps to avoid.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub inverter: Option<String>,
-    /// Lower is shed first.
-    #[serde(default)]
-    pub priority: i32,
-    #[serde(default = "yes")]
-    pub sheddable: bool,
-    #[serde(default = "default_min_on", with = "duration")]
-    pub min_on: Duration,
-    #[serde(default = "default_min_off", with = "duration")]
-    pub min_off: Duration,
-    /// Switch off when inverter data has been stale for `balancer.failsafe_after`.
-    #[serde(default)]
-    pub failsafe_shed: bool,
-    /// Switch off when PV stays below the load (the original's auto-off).
-    #[serde(default)]
-    pub pv_deficit_off: bool,
-    /// Time-of-day switching; see docs/TIMERS.md.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub schedule: Vec<schedule::Schedule>,
-    /// Switch on once the PV surplus (PV − house load) has stayed at or
-    /// above this many W for `surplus_for`; unset = no surplus rule.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub surplus_on_w: Option<f64>,
-    /// Switch a plug the surplus rule turned on off again once the surplus
-    /// has stayed below this for `surplus_for`.
-    #[serde(default = "schedule::default_surplus_off_w")]
-    pub surplus_off_w: f64,
-    #[serde(default = "schedule::default_surplus_for", with = "duration")]
-    pub surplus_for: Duration,
-}
-
-fn yes() -> bool {
-    true
-}
-fn default_plug_poll() -> Duration {
-    Duration::from_secs(5)
-}
-fn default_min_on() -> Duration {
-    Duration::from_secs(60)
-}
-fn default_min_off() -> Duration {
-    Duration::from_secs(300)
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

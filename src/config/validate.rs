@@ -233,25 +233,27 @@ pub fn validate(config: &Config) -> Result<(), ConfigErrors> {
     let tapo_default = config.tapo.email.is_some() && config.tapo.password.is_some();
     for (i, plug) in config.plug.iter().enumerate() {
         let k = |f: &str| format!("plug[{i}].{f}");
-        if plug.host.trim().is_empty() {
+        if plug.connection.host().trim().is_empty() {
             err(k("host"), "must not be empty".into());
         }
-        if plug.port == Some(0) {
+        if plug.connection.port() == Some(0) {
             err(k("port"), "port 0 is not a valid port".into());
         }
-        if plug.email.is_some() != plug.password.is_some() {
-            err(
-                k("password"),
-                "email and password must be set together".into(),
-            );
-        }
-        if plug.email.is_none() && !tapo_default {
-            err(
-                k("email"),
-                "no Tapo credentials: set [tapo] email and password (or TAPO_EMAIL/TAPO_PASSWORD), \
-                 or email and password on this plug"
-                    .into(),
-            );
+        if let super::PlugConnection::Tapo(tapo) = &plug.connection {
+            if tapo.email.is_some() != tapo.password.is_some() {
+                err(
+                    k("password"),
+                    "email and password must be set together".into(),
+                );
+            }
+            if tapo.email.is_none() && !tapo_default {
+                err(
+                    k("email"),
+                    "no Tapo credentials: set [tapo] email and password (or TAPO_EMAIL/TAPO_PASSWORD), \
+                     or email and password on this plug"
+                        .into(),
+                );
+            }
         }
         if let Some(w) = plug.nominal_w {
             if !(0.0..=10_000.0).contains(&w) {

@@ -50,6 +50,33 @@ pub struct DeviceInfo {
     pub hw_version: Option<String>,
 }
 
+/// What a driver says of one of its devices for Home Assistant: the
+/// device block's defaults until the device has said what it is, extra
+/// identifiers, and the entities it has. Vendor knowledge (which model
+/// meters, how a pack is identified) lives here, in the drivers; the MQTT
+/// layer composes discovery from it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Description {
+    pub manufacturer: &'static str,
+    pub model: &'static str,
+    /// Identifiers beside the bridge's own `<base>_<id>`.
+    pub identifiers: Vec<String>,
+    pub fields: Vec<crate::model::FieldSpec>,
+    /// Whether the device has said everything its entities depend on (a
+    /// pack its cell count, a Tapo plug its model): until then a retained
+    /// config the bridge does not produce is not judged stale.
+    pub complete: bool,
+}
+
+/// What to assume of a device that has not said its model yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Assume {
+    /// Only what every model has: no entities that vanish a moment later.
+    Common,
+    /// Everything a model may have (`energy2mqtt discovery`).
+    Any,
+}
+
 /// How the bridge reaches the task that owns a device.
 #[derive(Debug)]
 pub struct DriverHandle {

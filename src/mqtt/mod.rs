@@ -4,6 +4,7 @@
 pub mod commands;
 pub mod connection;
 pub mod control_entities;
+pub mod devices;
 pub mod discovery;
 pub mod outbox;
 pub mod payloads;

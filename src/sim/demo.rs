@@ -22,7 +22,7 @@ use super::deye_model::{HouseProfile, InverterModel, ModelConfig, SimTime};
 use super::jkbms::{DriftScript, DriftStage};
 use super::solarman::SolarmanSim;
 use super::tapo::{Flavour, Load, PlugHandle, TapoSim};
-use crate::config::{Config, InverterTransport};
+use crate::config::{Config, InverterTransport, PlugConnection};
 use crate::drivers::deye::transport::SOLARMAN_PORT;
 
 /// How often the house script looks at the clock and the plugs.
@@ -105,7 +105,10 @@ pub async fn start(config: &Config) -> anyhow::Result<DemoDevices> {
         drift_stages: Vec::new(),
     };
     for plug in &config.plug {
-        let Some(ip) = plug
+        let PlugConnection::Tapo(tapo) = &plug.connection else {
+            continue;
+        };
+        let Some(ip) = tapo
             .host
             .parse::<std::net::IpAddr>()
             .ok()
@@ -113,8 +116,8 @@ pub async fn start(config: &Config) -> anyhow::Result<DemoDevices> {
         else {
             continue;
         };
-        let addr = SocketAddr::new(ip, plug.port.unwrap_or(crate::drivers::tapo::DEFAULT_PORT));
-        let link = crate::drivers::tapo::link_for(config, plug);
+        let addr = SocketAddr::new(ip, tapo.port.unwrap_or(crate::drivers::tapo::DEFAULT_PORT));
+        let link = crate::drivers::tapo::link_for(config, plug, tapo);
         let (flavour, load) = demo_plug(&plug.id, plug.nominal_w);
         let sim = TapoSim::start(addr, flavour, load, &link.username, &link.password)
             .await

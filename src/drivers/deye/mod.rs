@@ -12,6 +12,17 @@ use crate::model::FieldSpec;
 
 /// Every field an inverter's state object can hold, for discovery: the
 /// register map's own plus the driver's diagnostics.
+/// An inverter for discovery: its entities do not depend on what it says.
+pub fn describe() -> crate::drivers::Description {
+    crate::drivers::Description {
+        manufacturer: "Deye",
+        model: "Hybrid inverter",
+        identifiers: Vec::new(),
+        fields: fields(),
+        complete: true,
+    }
+}
+
 pub fn fields() -> Vec<FieldSpec> {
     let mut out = registers::fields(&registers::SINGLE_PHASE_LV);
     // Serials and firmware go into the HA device block; of the identity

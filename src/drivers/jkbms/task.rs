@@ -22,7 +22,7 @@ use super::publish::{PackShape, fields};
 use super::{DecodeError, Decoded};
 use crate::config::BmsConfig;
 use crate::core::energy::{EnergyCounters, Integrator};
-use crate::drivers::{DriverEvent, DriverHandle};
+use crate::drivers::{Description, DeviceInfo, DriverEvent, DriverHandle};
 use crate::model::{DeviceCommand, FieldSpec, PackReading, Reading};
 use crate::storage::Store;
 
@@ -64,6 +64,26 @@ pub fn pack_fields(shape: &PackShape) -> Vec<FieldSpec> {
 /// per-cell entities (they follow once the cell count is known).
 pub fn default_fields() -> Vec<FieldSpec> {
     pack_fields(&PackShape::of(&CellInfo::new(Variant::Jk02_32s)).with_settings(true))
+}
+
+/// A pack for discovery: what it said of itself (`info`) and the entities
+/// of its shape, once known (`fields`; a 32S pack's until then).
+pub fn describe(info: &DeviceInfo, fields: Option<&[FieldSpec]>) -> Description {
+    Description {
+        manufacturer: "JK BMS",
+        model: "JK-BMS",
+        // The pack's own serial identifies it too once it has said it, as
+        // the other JK-BMS integrations do.
+        identifiers: info
+            .serial_number
+            .iter()
+            .map(|serial| format!("jkbms_{serial}"))
+            .collect(),
+        fields: fields
+            .map(<[FieldSpec]>::to_vec)
+            .unwrap_or_else(default_fields),
+        complete: fields.is_some(),
+    }
 }
 
 /// The shape a pack's entities follow: its cell info, and whether the
