@@ -8,6 +8,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::{Knobs, Shared};
+
 /// Request bodies above this are refused with 413; KLAP bodies are a few KiB.
 const MAX_BODY: usize = 64 * 1024;
 const MAX_HEAD: usize = 8 * 1024;

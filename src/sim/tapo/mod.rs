@@ -2,6 +2,7 @@
 //! HTTP/1.1 server (`specs/tapo-klap.md` §1.10), with the plug's bad habits
 //! as knobs. Its answers come from our own device identity and a
 //! time-driven load model, never from captured responses.
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

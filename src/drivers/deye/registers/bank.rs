@@ -1,4 +1,5 @@
 //! Blocks, the read plan and the register bank the poll task fills.
+
 /// FC03 can return at most 125 registers in one reply (Modbus spec).
 pub const MODBUS_MAX_BLOCK: u16 = 125;
 

@@ -6,6 +6,7 @@ use thiserror::Error;
 
 use super::{DecodeError, Family, Registers, SINGLE_PHASE_LV, number_json, read_int, word};
 use crate::model::{FieldSpec, round};
+
 /// Why register 0 does not select a supported family.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum FamilyError {

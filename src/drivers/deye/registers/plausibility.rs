@@ -3,6 +3,7 @@
 use thiserror::Error;
 
 use super::Sample;
+
 /// Why a sample was dropped.
 #[derive(Debug, Clone, PartialEq, Error)]
 pub enum Implausible {

@@ -10,6 +10,7 @@ use super::{
     number_json, read_bits, to_int,
 };
 use crate::model::{FieldSpec, round};
+
 /// Derived values published next to the registers.
 const DERIVED_FIELDS: [FieldSpec; 2] = [
     FieldSpec {

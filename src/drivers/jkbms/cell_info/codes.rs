@@ -1,5 +1,6 @@
 //! The byte- and bit-coded fields of the frame: alarm bits, balancer
 //! action, charger stage, battery type.
+
 /// Alarm / error bits (u32 in 32S, u16 in 24S), spec §7.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Alarms(pub u32);
