@@ -489,6 +489,95 @@ async fn an_unreachable_device_times_out_goes_offline_and_comes_back() {
     assert_eq!(e.failure(), Failure::Transient);
 }
 
+/// `POST /rpc` with JSON-RPC frames, as scripts and the Shelly app use it:
+/// the 401 frame carries the challenge, the frame's `auth` object answers
+/// it; `POST /rpc/<Method>` takes the parameters as a JSON body.
+#[tokio::test]
+async fn json_rpc_frames_over_http_post() {
+    use energy2mqtt::drivers::shelly::digest;
+    let plug = sim(SimConfig {
+        password: Some(PASSWORD.into()),
+        ..config()
+    })
+    .await;
+    let http = energy2mqtt::https::plain_client_builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("client");
+    let url = format!("http://127.0.0.1:{}/rpc", plug.addr.port());
+    let post = |body: serde_json::Value| {
+        let req = http.post(&url).body(body.to_string());
+        async move {
+            let resp = req.send().await.expect("POST /rpc");
+            let status = resp.status().as_u16();
+            let text = resp.text().await.expect("body");
+            let frame: serde_json::Value = serde_json::from_str(&text).expect("a frame");
+            (status, frame)
+        }
+    };
+    let (status, refused) =
+        post(serde_json::json!({"id": 1, "src": "e2m-test", "method": "Switch.GetStatus", "params": {"id": 0}}))
+            .await;
+    assert_eq!(status, 401);
+    assert_eq!(refused["id"], 1);
+    assert_eq!(refused["src"], plug.id());
+    assert_eq!(refused["dst"], "e2m-test");
+    assert_eq!(refused["error"]["code"], 401);
+    let challenge: serde_json::Value =
+        serde_json::from_str(refused["error"]["message"].as_str().expect("text")).expect("JSON");
+    assert_eq!(challenge["auth_type"], "digest");
+    assert_eq!(challenge["algorithm"], "SHA-256");
+    assert_eq!(challenge["realm"], plug.id());
+    let nonce = challenge["nonce"]
+        .as_u64()
+        .expect("a numeric nonce")
+        .to_string();
+
+    let auth = digest::rpc_auth(plug.id(), &nonce, PASSWORD, 1, "e2m-cnonce");
+    let (status, ok) = post(serde_json::json!({
+        "id": 2, "src": "e2m-test", "method": "Switch.Set", "params": {"id": 0, "on": false}, "auth": auth,
+    }))
+    .await;
+    assert_eq!(status, 200, "{ok}");
+    assert_eq!(ok["result"]["was_on"], true);
+    assert!(!plug.is_on());
+    let wrong = digest::rpc_auth(plug.id(), &nonce, "guess", 2, "e2m-cnonce");
+    let (status, no) = post(serde_json::json!({
+        "id": 3, "src": "e2m-test", "method": "Switch.Set", "params": {"id": 0, "on": true}, "auth": wrong,
+    }))
+    .await;
+    assert_eq!(
+        (status, no["error"]["code"].clone()),
+        (401, serde_json::json!(401))
+    );
+    assert!(!plug.is_on());
+
+    // Without a password every frame is answered; unknown methods are 404.
+    let open = sim(config()).await;
+    let url = format!("http://127.0.0.1:{}/rpc", open.addr.port());
+    let resp = http
+        .post(&url)
+        .body(r#"{"id":"a","src":"t","method":"Nope.Nope"}"#)
+        .send()
+        .await
+        .expect("POST");
+    let frame: serde_json::Value =
+        serde_json::from_str(&resp.text().await.expect("body")).expect("frame");
+    assert_eq!(frame["id"], "a");
+    assert_eq!(frame["error"]["code"], 404);
+    let resp = http
+        .post(format!("{url}/Switch.Set"))
+        .body(r#"{"id":0,"on":false}"#)
+        .send()
+        .await
+        .expect("POST /rpc/Switch.Set");
+    assert_eq!(resp.status().as_u16(), 200);
+    let v: serde_json::Value =
+        serde_json::from_str(&resp.text().await.expect("body")).expect("JSON");
+    assert_eq!(v, serde_json::json!({"was_on": true}));
+    assert!(!open.is_on());
+}
+
 /// curl's own RFC 7616 digest (SHA-256) against the simulator's HTTP RPC:
 /// an independent check that the simulator authenticates as a device does.
 #[tokio::test]
