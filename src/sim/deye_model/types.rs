@@ -74,6 +74,9 @@ pub struct ModelConfig {
 /// The house's own load on top of `base_load_w`; switched plugs and
 /// scripted appliances come through [`InverterModel::set_plug_load`] and
 /// [`InverterModel::set_extra_load`].
+///
+/// [`InverterModel::set_plug_load`]: super::InverterModel::set_plug_load
+/// [`InverterModel::set_extra_load`]: super::InverterModel::set_extra_load
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum HouseProfile {
     /// A daily pattern (breakfast, lunch, evening), a fridge and random
@@ -127,6 +130,8 @@ impl ModelConfig {
 }
 
 /// Why [`InverterModel::write`] refused a write.
+///
+/// [`InverterModel::write`]: super::InverterModel::write
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WriteError {
     /// Part of the range is read-only or outside the model; Modbus exception 02.
@@ -163,6 +168,9 @@ pub struct ModelSnapshot {
     pub pv_available_w: f64,
     /// What the house asks for, including [`InverterModel::set_extra_load`]
     /// and [`InverterModel::set_plug_load`].
+    ///
+    /// [`InverterModel::set_extra_load`]: super::InverterModel::set_extra_load
+    /// [`InverterModel::set_plug_load`]: super::InverterModel::set_plug_load
     pub load_demand_w: f64,
     /// Load actually served (register 178).
     pub load_w: f64,
