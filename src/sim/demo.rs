@@ -32,6 +32,8 @@ const HOUSE_TICK: Duration = Duration::from_millis(500);
 pub struct DemoDevices {
     pub inverters: Vec<SolarmanSim>,
     pub plugs: Vec<TapoSim>,
+    /// The `kind = "shelly"` plugs.
+    pub shelly_plugs: Vec<super::shelly::ShellySim>,
     /// Every `[[bms]]` of the demo is a simulated pack.
     pub packs: super::jkbms::SimConnector,
     /// Feeds the plugs' power to the inverters and plays the script.
@@ -88,6 +90,7 @@ pub async fn start(config: &Config) -> anyhow::Result<DemoDevices> {
         inverter_ids.push(inv.id.clone());
     }
     let mut plugs = Vec::new();
+    let shelly_plugs = start_shelly_plugs(config).await?;
     let mut house = House {
         script: DinnerScript::demo(),
         inverters: inverters
@@ -172,9 +175,48 @@ pub async fn start(config: &Config) -> anyhow::Result<DemoDevices> {
     Ok(DemoDevices {
         inverters,
         plugs,
+        shelly_plugs,
         packs,
         _house: AbortOnDrop(task),
     })
+}
+
+/// A simulated Shelly Plus Plug S for every `kind = "shelly"` plug on a
+/// loopback address: a washing machine's 400 W while on.
+async fn start_shelly_plugs(config: &Config) -> anyhow::Result<Vec<super::shelly::ShellySim>> {
+    let mut out = Vec::new();
+    for plug in &config.plug {
+        let PlugConnection::Shelly(shelly) = &plug.connection else {
+            continue;
+        };
+        let Some(ip) = shelly
+            .host
+            .parse::<std::net::IpAddr>()
+            .ok()
+            .filter(|ip| crate::config::is_loopback(*ip))
+        else {
+            continue;
+        };
+        let addr = SocketAddr::new(
+            ip,
+            shelly.port.unwrap_or(crate::drivers::shelly::DEFAULT_PORT),
+        );
+        let sim = super::shelly::ShellySim::start(
+            addr,
+            super::shelly::SimConfig {
+                load_w: plug.nominal_w.unwrap_or(400.0),
+                noise_w: 5.0,
+                password: shelly.password.as_ref().map(|p| p.expose().to_owned()),
+                name: plug.name.clone(),
+                ..super::shelly::SimConfig::default()
+            },
+        )
+        .await
+        .with_context(|| format!("simulated Shelly plug '{}' on {addr}", plug.id))?;
+        tracing::info!(plug = %plug.id, %addr, "simulated Shelly plug listening");
+        out.push(sim);
+    }
+    Ok(out)
 }
 
 /// The simulated inverter of the demo's `index`-th `[[inverter]]`: a
