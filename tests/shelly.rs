@@ -166,6 +166,25 @@ async fn the_client_reads_identity_and_status_in_one_request_each() {
 }
 
 #[tokio::test]
+async fn a_gen1_device_is_named_as_such() {
+    let plug = sim(config()).await;
+    plug.knobs.gen1.store(true, Ordering::Relaxed);
+    let e = client(&plug, None).device_info().await.expect_err("gen1");
+    assert!(matches!(e, ShellyError::Unsupported(_)), "{e}");
+    assert!(e.to_string().contains("Gen1 device (SHPLG-S)"), "{e}");
+    assert!(matches!(e.failure(), Failure::NeedsUser { .. }));
+    let mut task = Task::start(link(&plug, None, Duration::from_secs(60)));
+    let ev = task
+        .next(Duration::from_secs(5), |ev| {
+            matches!(ev, DriverEvent::Problem { .. })
+        })
+        .await;
+    assert!(
+        matches!(ev, DriverEvent::Problem { message, .. } if message.contains("Gen2 and later"))
+    );
+}
+
+#[tokio::test]
 async fn the_energy_counter_counts_up_with_time() {
     let plug = sim(SimConfig {
         load_w: 2000.0,

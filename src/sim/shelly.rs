@@ -127,6 +127,9 @@ pub struct Knobs {
     /// How long an issued nonce is valid; after that the device answers
     /// `stale=true` (firmware 2.0: an hour).
     pub nonce_ttl_ms: AtomicU64,
+    /// Answers as a Gen1 Plug S would: `/shelly` in the Gen1 shape, no
+    /// `/rpc` at all (404). For the driver's "this is a Gen1" message.
+    pub gen1: AtomicBool,
 }
 
 impl Default for Knobs {
@@ -136,6 +139,7 @@ impl Default for Knobs {
             busy: AtomicBool::new(false),
             single_use_nonces: AtomicBool::new(false),
             nonce_ttl_ms: AtomicU64::new(3_600_000),
+            gen1: AtomicBool::new(false),
         }
     }
 }
@@ -835,8 +839,28 @@ impl Shared {
         }
     }
 
-    /// Waits out the knobs before an HTTP answer; `Some` answers instead.
-    async fn gate(&self) -> Option<Response> {
+    /// What a Gen1 plug answers on `path`.
+    fn gen1_answer(&self, path: &str) -> Response {
+        if path == "/shelly" {
+            axum::Json(json!({
+                "type": "SHPLG-S",
+                "mac": self.mac,
+                "auth": false,
+                "fw": "20230913-112003/v1.14.0-gcb84623",
+                "discoverable": false,
+                "longid": 1,
+                "num_outputs": 1,
+                "num_meters": 1,
+            }))
+            .into_response()
+        } else {
+            (StatusCode::NOT_FOUND, "Not Found").into_response()
+        }
+    }
+
+    /// Waits out the knobs before an HTTP answer on `path`; `Some`
+    /// answers instead.
+    async fn gate(&self, path: &str) -> Option<Response> {
         self.requests.fetch_add(1, Ordering::Relaxed);
         let mut offline = self.offline.subscribe();
         tokio::select! {
@@ -846,6 +870,9 @@ impl Shared {
         let latency = self.knobs.latency_ms.load(Ordering::Relaxed);
         if latency > 0 {
             tokio::time::sleep(Duration::from_millis(latency)).await;
+        }
+        if self.knobs.gen1.load(Ordering::Relaxed) {
+            return Some(self.gen1_answer(path));
         }
         if self.knobs.busy.load(Ordering::Relaxed) {
             return Some(
@@ -999,7 +1026,7 @@ fn http_answer(r: Result<Value, RpcError>) -> Response {
 type Sim = State<Arc<Shared>>;
 
 async fn shelly(State(sim): Sim) -> Response {
-    if let Some(r) = sim.gate().await {
+    if let Some(r) = sim.gate("/shelly").await {
         return r;
     }
     axum::Json(sim.device_info()).into_response()
@@ -1016,7 +1043,7 @@ async fn rpc_get(
     uri: Uri,
     headers: HeaderMap,
 ) -> Response {
-    if let Some(r) = sim.gate().await {
+    if let Some(r) = sim.gate(uri.path()).await {
         return r;
     }
     if let Err(stale) = sim.http_auth(&method, &headers, "GET", path_and_query(&uri)) {
@@ -1033,7 +1060,7 @@ async fn rpc_post(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Some(r) = sim.gate().await {
+    if let Some(r) = sim.gate(uri.path()).await {
         return r;
     }
     if let Err(stale) = sim.http_auth(&method, &headers, "POST", path_and_query(&uri)) {
@@ -1058,7 +1085,7 @@ async fn rpc_post(
 /// `POST /rpc` with a JSON-RPC frame: credentials either as the digest
 /// header or as the frame's `auth` object.
 async fn rpc_frame(State(sim): Sim, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
-    if let Some(r) = sim.gate().await {
+    if let Some(r) = sim.gate(uri.path()).await {
         return r;
     }
     let Ok(frame) = serde_json::from_slice::<Value>(&body) else {
@@ -1107,7 +1134,7 @@ async fn rpc_frame(State(sim): Sim, uri: Uri, headers: HeaderMap, body: Bytes) -
 }
 
 async fn ws_upgrade(State(sim): Sim, ws: WebSocketUpgrade) -> Response {
-    if let Some(r) = sim.gate().await {
+    if let Some(r) = sim.gate("/rpc").await {
         return r;
     }
     ws.on_upgrade(move |socket| serve_ws(sim, socket))

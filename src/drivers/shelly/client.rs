@@ -12,7 +12,7 @@ use reqwest::header::{AUTHORIZATION, CONTENT_LENGTH, RETRY_AFTER, WWW_AUTHENTICA
 
 use super::digest::{self, Challenge};
 use super::rpc::{
-    self, BadAnswer, DeviceInfo, DeviceStatus, RpcFailure, StatusError, SwitchStatus,
+    self, BadAnswer, DeviceInfo, DeviceStatus, InfoError, RpcFailure, StatusError, SwitchStatus,
 };
 use crate::drivers::health::Failure;
 
@@ -51,6 +51,9 @@ pub enum ShellyError {
         code: i64,
         message: String,
     },
+    /// HTTP 404 without an RPC error: not a Shelly RPC endpoint.
+    #[error("no Shelly RPC at this address (HTTP 404)")]
+    NotFound,
     #[error("{0}: set `switch_id` under this [[plug]] to one of them")]
     NoSuchSwitch(String),
     #[error("{0}")]
@@ -85,9 +88,11 @@ impl ShellyError {
             Self::Busy { retry_after, .. } => Failure::RateLimited {
                 wait: retry_after.unwrap_or(BUSY_BACKOFF).min(BUSY_MAX),
             },
-            Self::Unreachable(_) | Self::Timeout(_) | Self::BadAnswer(_) | Self::Rpc { .. } => {
-                Failure::Transient
-            }
+            Self::Unreachable(_)
+            | Self::Timeout(_)
+            | Self::BadAnswer(_)
+            | Self::NotFound
+            | Self::Rpc { .. } => Failure::Transient,
         }
     }
 }
@@ -271,6 +276,9 @@ impl ShellyClient {
                         retry_after: a.retry_after,
                     });
                 }
+                StatusCode::NOT_FOUND if rpc::parse_failure(&a.body).is_none() => {
+                    return Err(ShellyError::NotFound);
+                }
                 other => {
                     return Err(match rpc::parse_failure(&a.body) {
                         Some(RpcFailure { code, message }) => ShellyError::Rpc {
@@ -285,15 +293,25 @@ impl ShellyClient {
         }
     }
 
-    /// `Shelly.GetDeviceInfo`: never needs the password.
+    /// `Shelly.GetDeviceInfo`: never needs the password. A device without
+    /// the RPC (HTTP 404) is asked `/shelly`, which Gen1 devices answer
+    /// too, so that the user learns it is one.
     pub async fn device_info(&mut self) -> Result<DeviceInfo, ShellyError> {
-        let body = self.call("Shelly.GetDeviceInfo", &[]).await?;
-        rpc::parse_device_info(&body).map_err(|e| {
-            if e.0.contains("Gen1") {
-                ShellyError::Unsupported(e.0)
-            } else {
-                e.into()
+        let body = match self.call("Shelly.GetDeviceInfo", &[]).await {
+            Err(ShellyError::Rpc { code: 404, .. }) | Err(ShellyError::NotFound) => {
+                let a = self.get("/shelly").await?;
+                return match rpc::parse_device_info(&a.body) {
+                    Err(e @ InfoError::Gen1 { .. }) => Err(ShellyError::Unsupported(e.to_string())),
+                    _ => Err(ShellyError::BadAnswer(
+                        "no Shelly RPC at this address (is it a Shelly Gen2 or later?)".into(),
+                    )),
+                };
             }
+            other => other?,
+        };
+        rpc::parse_device_info(&body).map_err(|e| match e {
+            InfoError::Gen1 { .. } => ShellyError::Unsupported(e.to_string()),
+            InfoError::Bad(b) => b.into(),
         })
     }
 
@@ -360,6 +378,7 @@ mod tests {
                 Failure::Transient,
             ),
             (ShellyError::BadAnswer("x".into()), Failure::Transient),
+            (ShellyError::NotFound, Failure::Transient),
             (
                 ShellyError::Rpc {
                     method: "Switch.Set".into(),

@@ -93,15 +93,35 @@ fn parse<T: for<'de> Deserialize<'de>>(what: &str, body: &[u8]) -> Result<T, Bad
     serde_json::from_slice(body).map_err(|e| BadAnswer(format!("{what}: {e}")))
 }
 
-/// Reads `Shelly.GetDeviceInfo`; a Gen1 device is refused.
-pub fn parse_device_info(body: &[u8]) -> Result<DeviceInfo, BadAnswer> {
-    let info: DeviceInfo = parse("Shelly.GetDeviceInfo", body)?;
+/// Why an identification is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InfoError {
+    #[error("{0}")]
+    Bad(#[from] BadAnswer),
+    /// A Gen1 device (its `/shelly` has `type` and no `gen`).
+    #[error(
+        "this is a Shelly Gen1 device ({model}), which speaks another API: energy2mqtt supports Gen2 and later (Plus, Pro, Gen3)"
+    )]
+    Gen1 { model: String },
+}
+
+/// Reads `Shelly.GetDeviceInfo` or `/shelly`; a Gen1 device is refused.
+pub fn parse_device_info(body: &[u8]) -> Result<DeviceInfo, InfoError> {
+    let v: Value = parse("Shelly.GetDeviceInfo", body)?;
+    if v.get("gen").is_none() {
+        if let Some(model) = v.get("type").and_then(Value::as_str) {
+            return Err(InfoError::Gen1 {
+                model: model.to_owned(),
+            });
+        }
+    }
+    let info: DeviceInfo =
+        serde_json::from_value(v).map_err(|e| BadAnswer(format!("Shelly.GetDeviceInfo: {e}")))?;
     match info.generation {
         Some(g) if g >= 2 => Ok(info),
-        other => Err(BadAnswer(format!(
-            "{} is a Gen1 device (gen {other:?}): only Gen2 and later speak this RPC API",
-            info.id
-        ))),
+        _ => Err(InfoError::Gen1 {
+            model: info.model.unwrap_or(info.id),
+        }),
     }
 }
 
@@ -293,14 +313,34 @@ mod tests {
 
     #[test]
     fn gen1_and_garbage_are_bad_answers() {
-        // A Gen1 /shelly has no gen.
+        // A Gen1 Plug S's /shelly: a type, no gen, no id.
         let e = parse_device_info(
-            br#"{"type":"SHPLG-S","mac":"AA","id":"shellyplug-s-1","auth":false}"#,
+            br#"{"type":"SHPLG-S","mac":"A4CF12F45A1B","auth":false,"fw":"20230913-112003/v1.14.0-gcb84623","discoverable":false,"longid":1,"num_outputs":1,"num_meters":1}"#,
         )
         .expect_err("gen1");
-        assert!(e.0.contains("Gen1"), "{e}");
-        assert!(parse_device_info(b"<html>").is_err());
-        assert!(parse_device_info(br#"{"id":1}"#).is_err());
+        assert_eq!(
+            e,
+            InfoError::Gen1 {
+                model: "SHPLG-S".into()
+            }
+        );
+        assert!(e.to_string().contains("Gen2 and later"), "{e}");
+        let e = parse_device_info(br#"{"id":"x","mac":"AA","gen":1,"model":"SHSW-1"}"#)
+            .expect_err("gen 1");
+        assert_eq!(
+            e,
+            InfoError::Gen1 {
+                model: "SHSW-1".into()
+            }
+        );
+        assert!(matches!(
+            parse_device_info(b"<html>"),
+            Err(InfoError::Bad(_))
+        ));
+        assert!(matches!(
+            parse_device_info(br#"{"id":1}"#),
+            Err(InfoError::Bad(_))
+        ));
     }
 
     #[test]
