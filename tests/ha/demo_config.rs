@@ -36,4 +36,4 @@ pub fn demo_overlay(
 }
 
 /// How many plugs config/demo.toml has.
-pub const DEMO_PLUGS: usize = 4;
+pub const DEMO_PLUGS: usize = 5;
