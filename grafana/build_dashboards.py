@@ -272,8 +272,11 @@ def plugs():
     d.panel("state-timeline", "Balancer state",
             [ts("balancer", BAL, 'last("state") AS "state", last("shedding") AS "shedding"', ', "inverter"',
                 fill="fill(previous)")])
+    # A Tapo counts today's energy itself; a Shelly has only its lifetime
+    # counter, whose spread over today is the same figure.
     d.panel("bargauge", "Energy today",
-            [agg("plugs", PLUG, 'last("energy_today") AS "kWh"', '"device"')], unit="kwatth", extra=TODAY)
+            [agg("plugs", PLUG, 'last("energy_today") AS "kWh"', '"device"'),
+             agg("plugs", PLUG, 'spread("energy_total") AS "kWh"', '"device"')], unit="kwatth", extra=TODAY)
     d.panel("table", "Shed and restore",
             ['SELECT "inverter", "action", "plug", "reason", "load_w", "limit_w", "plug_w" FROM "events"."events" '
              "WHERE \"type\" = 'balancer_action' AND $timeFilter"], fmt="table")

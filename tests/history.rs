@@ -1214,6 +1214,9 @@ fn history_pipeline_on_the_demo() {
         ("packs", "balancer_state"),
         ("packs", "alarms"),
         ("plugs", "state"),
+        // The Shelly washer's lifetime counter, the Energy dashboard's source.
+        ("plugs", "energy_total"),
+        ("plugs", "voltage"),
         ("balancer", "state"),
         ("events", "message"),
         ("events", "plug"),
@@ -1224,7 +1227,10 @@ fn history_pipeline_on_the_demo() {
         .iter()
         .filter_map(|(_, x)| x.tags.get("model").map(String::as_str))
         .collect();
-    assert_eq!(plug_models, BTreeSet::from(["P100", "P110"]));
+    assert_eq!(
+        plug_models,
+        BTreeSet::from(["P100", "P110", "Shelly Plus Plug S"])
+    );
 
     // Into InfluxDB, each measurement through its output.
     let t_first = metrics.iter().map(|m| m.time_ns).min().expect("metrics");
