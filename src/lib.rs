@@ -2,6 +2,7 @@
 //! with Home Assistant discovery. See docs/ for the user-facing contract.
 
 pub mod app;
+pub mod bridge;
 pub mod broker;
 pub mod clock;
 pub mod config;
