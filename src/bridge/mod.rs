@@ -126,3 +126,6 @@ impl Bridge {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
