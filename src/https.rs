@@ -5,6 +5,16 @@
 
 use std::sync::Arc;
 
+/// `http://host:port/path` for a device on the LAN; an IPv6 literal gets
+/// its brackets (`[fe80::1]:80`), a name or IPv4 address none.
+pub fn http_url(host: &str, port: u16, path: &str) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("http://[{host}]:{port}{path}")
+    } else {
+        format!("http://{host}:{port}{path}")
+    }
+}
+
 fn config(roots: rustls::RootCertStore) -> Option<rustls::ClientConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     rustls::ClientConfig::builder_with_provider(provider)
@@ -41,6 +51,23 @@ pub fn client_builder() -> reqwest::ClientBuilder {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn device_urls_bracket_ipv6_literals_only() {
+        assert_eq!(
+            super::http_url("127.0.0.1", 80, "/app"),
+            "http://127.0.0.1:80/app"
+        );
+        assert_eq!(
+            super::http_url("::1", 8080, "/rpc"),
+            "http://[::1]:8080/rpc"
+        );
+        assert_eq!(super::http_url("[::1]", 80, "/rpc"), "http://[::1]:80/rpc");
+        assert_eq!(
+            super::http_url("plug.lan", 80, "/shelly"),
+            "http://plug.lan:80/shelly"
+        );
+    }
+
     #[test]
     fn both_builders_build() {
         assert!(super::plain_client_builder().build().is_ok());

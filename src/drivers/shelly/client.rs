@@ -160,11 +160,7 @@ impl ShellyClient {
     }
 
     fn url(&self, path: &str) -> String {
-        if self.host.contains(':') && !self.host.starts_with('[') {
-            format!("http://[{}]:{}{path}", self.host, self.port)
-        } else {
-            format!("http://{}:{}{path}", self.host, self.port)
-        }
+        crate::https::http_url(&self.host, self.port, path)
     }
 
     fn transport_error(&self, e: &reqwest::Error) -> ShellyError {

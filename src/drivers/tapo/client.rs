@@ -129,11 +129,7 @@ impl PlugClient {
     }
 
     fn url(&self, path: &str) -> String {
-        if self.host.contains(':') && !self.host.starts_with('[') {
-            format!("http://[{}]:{}{path}", self.host, self.port)
-        } else {
-            format!("http://{}:{}{path}", self.host, self.port)
-        }
+        crate::https::http_url(&self.host, self.port, path)
     }
 
     /// POSTs `body`, returning status, Set-Cookie and the (bounded) body.
