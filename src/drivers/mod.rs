@@ -5,6 +5,7 @@ pub mod deye;
 pub mod health;
 pub mod inbox;
 pub mod jkbms;
+pub mod plug_loop;
 pub mod shelly;
 pub mod tapo;
 

@@ -5,19 +5,14 @@
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::client::{ShellyClient, ShellyError};
 use super::rpc::{DeviceInfo, DeviceStatus};
-use crate::drivers::health::{Failure, Loudness, PollHealth};
+use crate::drivers::health::Failure;
+use crate::drivers::plug_loop::{self, PlugDevice, Polling, Report, field};
 use crate::drivers::{DeviceInfo as Identity, DriverEvent, DriverHandle};
-use crate::model::{DeviceCommand, FieldKind, FieldSpec, PlugReading, Reading, SwitchState, round};
-
-/// Failed polls in a row before the plug is reported unavailable.
-const UNAVAILABLE_AFTER: u32 = 2;
-/// Backoff cap when the plug is unreachable.
-const BACKOFF_MAX: Duration = Duration::from_secs(60);
+use crate::model::{FieldSpec, PlugReading, round};
 
 /// What the task needs to reach one Shelly.
 #[derive(Clone)]
@@ -50,25 +45,9 @@ impl std::fmt::Debug for ShellyLink {
 /// Every field a Shelly plug's state object can hold (the relay itself,
 /// `state`, is the switch entity made elsewhere).
 pub fn fields() -> Vec<FieldSpec> {
-    let diag = |key, name| FieldSpec {
-        diagnostic: true,
-        ..FieldSpec::sensor(key, name)
-    };
     vec![
-        FieldSpec {
-            unit: Some("W"),
-            device_class: Some("power"),
-            state_class: Some("measurement"),
-            precision: Some(1),
-            ..FieldSpec::sensor("power", "Power")
-        },
-        FieldSpec {
-            unit: Some("kWh"),
-            device_class: Some("energy"),
-            state_class: Some("total_increasing"),
-            precision: Some(3),
-            ..FieldSpec::sensor("energy_total", "Energy")
-        },
+        field::POWER,
+        field::energy("energy_total", "Energy"),
         FieldSpec {
             unit: Some("V"),
             device_class: Some("voltage"),
@@ -88,25 +67,12 @@ pub fn fields() -> Vec<FieldSpec> {
             device_class: Some("temperature"),
             state_class: Some("measurement"),
             precision: Some(1),
-            ..diag("temperature", "Device temperature")
+            ..field::diag("temperature", "Device temperature")
         },
-        FieldSpec {
-            device_class: Some("heat"),
-            kind: FieldKind::Binary,
-            ..diag("overheated", "Overheated")
-        },
-        FieldSpec {
-            device_class: Some("problem"),
-            kind: FieldKind::Binary,
-            ..diag("overloaded", "Overloaded")
-        },
-        FieldSpec {
-            unit: Some("dBm"),
-            device_class: Some("signal_strength"),
-            state_class: Some("measurement"),
-            ..diag("rssi", "Signal strength")
-        },
-        diag("firmware", "Firmware"),
+        field::OVERHEATED,
+        field::OVERLOADED,
+        field::RSSI,
+        field::FIRMWARE,
     ]
 }
 
@@ -149,48 +115,51 @@ pub fn spawn(
     shutdown: CancellationToken,
 ) -> DriverHandle {
     let span = tracing::info_span!("shelly", id = %link.id, host = %link.host);
-    crate::drivers::spawn_task(span, move |rx| run(link, events, rx, shutdown))
+    crate::drivers::spawn_task(span, move |rx| async move {
+        let plug = Plug::new(&link);
+        let polling = Polling::every(link.poll_interval);
+        plug_loop::run(&link.id, plug, polling, events, rx, shutdown).await;
+    })
 }
 
 struct Plug {
-    id: String,
     switch_id: u8,
     client: ShellyClient,
-    events: mpsc::Sender<DriverEvent>,
-    online: crate::drivers::Reachability,
-    health: PollHealth,
     /// What the device said it is; read again after a failure or a
     /// restart (it may come back with new firmware, or be another one).
     info: Option<DeviceInfo>,
-    identity: Option<Identity>,
     uptime_s: Option<u64>,
     /// The last known relay state, for TOGGLE.
     output: Option<bool>,
 }
 
 impl Plug {
-    async fn send(&self, ev: DriverEvent) {
-        let _ = self.events.send(ev).await;
+    fn new(link: &ShellyLink) -> Self {
+        Self {
+            switch_id: link.switch_id,
+            client: ShellyClient::new(
+                &link.host,
+                link.port,
+                link.password.as_deref(),
+                link.timeout,
+            ),
+            info: None,
+            uptime_s: None,
+            output: None,
+        }
     }
+}
 
-    async fn set_online(&mut self, online: bool) {
-        self.online.set(&self.events, online).await;
-    }
+impl PlugDevice for Plug {
+    type Error = ShellyError;
 
-    /// Reads the switch (and, when not known yet, what the device is) and
-    /// publishes it.
-    async fn poll(&mut self) -> Result<(), ShellyError> {
+    /// Reads the switch (and, when not known yet, what the device is).
+    async fn poll(&mut self, report: &mut Report) -> Result<PlugReading, ShellyError> {
         if self.info.is_none() {
             let info = self.client.device_info().await?;
-            let id = identity(&info);
-            if self.identity.as_ref() != Some(&id) {
-                tracing::info!(model = ?id.model, firmware = ?id.sw_version, "Shelly identified");
-                self.identity = Some(id.clone());
-                self.send(DriverEvent::Identity {
-                    device: self.id.clone(),
-                    info: id,
-                })
-                .await;
+            if report.identified(identity(&info)).await {
+                let (model, firmware) = (info.model_name(), info.firmware());
+                tracing::info!(?model, ?firmware, "Shelly identified");
             }
             self.info = Some(info);
         }
@@ -204,113 +173,28 @@ impl Plug {
         }
         self.uptime_s = status.uptime_s;
         self.output = Some(status.switch.output);
-        let reading = reading(&status, self.info.as_ref());
-        self.health.succeeded();
-        self.set_online(true).await;
-        self.send(DriverEvent::Readings {
-            device: self.id.clone(),
-            reading: Reading::Plug(reading),
-        })
-        .await;
-        Ok(())
+        Ok(reading(&status, self.info.as_ref()))
     }
 
-    async fn switch(&mut self, state: SwitchState) -> Result<(), ShellyError> {
-        let on = match state {
-            SwitchState::On => true,
-            SwitchState::Off => false,
-            SwitchState::Toggle => match self.output {
-                Some(current) => !current,
-                None => !self.client.switch_status(self.switch_id).await?.output,
-            },
-        };
+    fn last_on(&self) -> Option<bool> {
+        self.output
+    }
+
+    async fn read_on(&mut self) -> Result<bool, ShellyError> {
+        Ok(self.client.switch_status(self.switch_id).await?.output)
+    }
+
+    async fn set_on(&mut self, on: bool) -> Result<(), ShellyError> {
         let was_on = self.client.set(self.switch_id, on).await?;
         self.output = Some(on);
         tracing::info!(on, was_on, "plug switched");
         Ok(())
     }
 
-    /// What a failed poll means; returns how long to wait before the next.
-    async fn failed(&mut self, e: ShellyError) -> Duration {
+    fn failure(&mut self, e: &ShellyError) -> Failure {
         // Whatever answers next may be another device or firmware.
         self.info = None;
-        let message = e.to_string();
-        let kind = e.failure();
-        let a = self.health.failed(kind, &message);
-        let failures = a.failures;
-        match a.log {
-            Loudness::Error => tracing::error!(%message, "plug cannot be used"),
-            Loudness::Warn => tracing::warn!(error = %message, failures, "plug poll failed"),
-            Loudness::Debug => tracing::debug!(error = %message, failures, "plug poll failed"),
-            Loudness::Quiet => {}
-        }
-        if let Some(message) = a.problem {
-            self.send(DriverEvent::Problem {
-                device: self.id.clone(),
-                message,
-            })
-            .await;
-        }
-        if a.offline {
-            self.set_online(false).await;
-        }
-        if matches!(kind, Failure::RateLimited { .. }) {
-            tracing::debug!(wait = ?a.wait, "plug busy");
-        }
-        a.wait
-    }
-}
-
-async fn run(
-    link: ShellyLink,
-    events: mpsc::Sender<DriverEvent>,
-    mut commands: crate::drivers::inbox::CommandInbox,
-    shutdown: CancellationToken,
-) {
-    let interval = link.poll_interval;
-    let mut plug = Plug {
-        id: link.id.clone(),
-        switch_id: link.switch_id,
-        client: ShellyClient::new(
-            &link.host,
-            link.port,
-            link.password.as_deref(),
-            link.timeout,
-        ),
-        events,
-        online: crate::drivers::Reachability::new(&link.id),
-        health: PollHealth::new(interval, UNAVAILABLE_AFTER, BACKOFF_MAX),
-        info: None,
-        identity: None,
-        uptime_s: None,
-        output: None,
-    };
-    let mut next = Instant::now();
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            _ = tokio::time::sleep_until(next) => {}
-            cmd = commands.recv() => match cmd {
-                None => break,
-                Some(DeviceCommand::Refresh) => {}
-                Some(DeviceCommand::Switch(state)) => {
-                    if let Err(e) = plug.switch(state).await {
-                        plug.send(DriverEvent::CommandFailed {
-                            device: plug.id.clone(),
-                            reason: format!("switching failed: {e}"),
-                        }).await;
-                    }
-                    // Read back at once: Home Assistant shows the plug's
-                    // real state, whether the command worked or not.
-                }
-            },
-        }
-        let started = Instant::now();
-        let delay = match plug.poll().await {
-            Ok(()) => interval,
-            Err(e) => plug.failed(e).await,
-        };
-        next = started + delay;
+        e.failure()
     }
 }
 
@@ -318,6 +202,7 @@ async fn run(
 mod tests {
     use super::*;
     use crate::drivers::shelly::rpc;
+    use crate::model::Reading;
 
     const INFO: &str = r#"{"name":null,"id":"shellyplusplugs-e86beae2a5f0","mac":"E86BEAE2A5F0","model":"SNPL-00112EU","gen":2,"fw_id":"20241011-114455/1.4.4-g6d2a586","ver":"1.4.4","app":"PlugS","auth_en":false,"auth_domain":null}"#;
 

@@ -5,25 +5,21 @@
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::api::{DeviceInfo, EnergyUsage};
 use super::client::{PlugClient, TapoError};
-use crate::drivers::health::{Failure, Loudness, PollHealth};
+use crate::drivers::health::Failure;
+use crate::drivers::plug_loop::{self, PlugDevice, Polling, Report, field};
 use crate::drivers::{DeviceInfo as Identity, DriverEvent, DriverHandle};
-use crate::model::{DeviceCommand, FieldKind, FieldSpec, PlugReading, Reading, SwitchState, round};
+use crate::model::{FieldSpec, PlugReading, round};
 
-/// Failed polls in a row before the plug is reported unavailable.
-const UNAVAILABLE_AFTER: u32 = 2;
 /// Energy counters change slowly: read them every this many polls.
 const ENERGY_EVERY: u32 = 6;
 /// After a credential failure, try again this rarely (or on `get`).
 const CREDENTIALS_RETRY: Duration = Duration::from_secs(3600);
 /// Backoff when the plug says it is rate limited.
 const RATE_LIMIT_BACKOFF: Duration = Duration::from_secs(30);
-/// Backoff cap when the plug is unreachable.
-const BACKOFF_MAX: Duration = Duration::from_secs(60);
 
 /// What the task needs to reach one plug.
 #[derive(Clone)]
@@ -49,55 +45,20 @@ impl std::fmt::Debug for PlugLink {
 
 /// Every field a plug's state object can hold.
 pub fn fields() -> Vec<FieldSpec> {
-    let diag = |key, name| FieldSpec {
-        diagnostic: true,
-        ..FieldSpec::sensor(key, name)
-    };
     vec![
-        FieldSpec {
-            unit: Some("W"),
-            device_class: Some("power"),
-            state_class: Some("measurement"),
-            precision: Some(1),
-            ..FieldSpec::sensor("power", "Power")
-        },
-        FieldSpec {
-            unit: Some("kWh"),
-            device_class: Some("energy"),
-            state_class: Some("total_increasing"),
-            precision: Some(3),
-            ..FieldSpec::sensor("energy_today", "Energy today")
-        },
-        FieldSpec {
-            unit: Some("kWh"),
-            device_class: Some("energy"),
-            state_class: Some("total_increasing"),
-            precision: Some(3),
-            ..FieldSpec::sensor("energy_month", "Energy this month")
-        },
-        FieldSpec {
-            device_class: Some("heat"),
-            kind: FieldKind::Binary,
-            ..diag("overheated", "Overheated")
-        },
-        FieldSpec {
-            device_class: Some("problem"),
-            kind: FieldKind::Binary,
-            ..diag("overloaded", "Overloaded")
-        },
+        field::POWER,
+        field::energy("energy_today", "Energy today"),
+        field::energy("energy_month", "Energy this month"),
+        field::OVERHEATED,
+        field::OVERLOADED,
         FieldSpec {
             unit: Some("s"),
             device_class: Some("duration"),
             state_class: Some("measurement"),
-            ..diag("on_time", "On time")
+            ..field::diag("on_time", "On time")
         },
-        FieldSpec {
-            unit: Some("dBm"),
-            device_class: Some("signal_strength"),
-            state_class: Some("measurement"),
-            ..diag("rssi", "Signal strength")
-        },
-        diag("firmware", "Firmware"),
+        field::RSSI,
+        field::FIRMWARE,
     ]
 }
 
@@ -151,34 +112,43 @@ pub fn spawn(
     shutdown: CancellationToken,
 ) -> DriverHandle {
     let span = tracing::info_span!("plug", id = %link.id);
-    crate::drivers::spawn_task(span, move |rx| run(link, events, rx, shutdown))
+    crate::drivers::spawn_task(span, move |rx| async move {
+        let plug = Plug::new(&link);
+        let polling = Polling::every(link.poll_interval);
+        plug_loop::run(&link.id, plug, polling, events, rx, shutdown).await;
+    })
 }
 
 struct Plug {
-    id: String,
     client: PlugClient,
-    events: mpsc::Sender<DriverEvent>,
-    online: crate::drivers::Reachability,
-    health: PollHealth,
     polls: u32,
     metering: Option<bool>,
-    identity: Option<Identity>,
     /// The last known relay state, for TOGGLE.
     device_on: Option<bool>,
 }
 
 impl Plug {
-    async fn send(&self, ev: DriverEvent) {
-        let _ = self.events.send(ev).await;
+    fn new(link: &PlugLink) -> Self {
+        Self {
+            client: PlugClient::new(
+                &link.host,
+                link.port,
+                &link.username,
+                &link.password,
+                link.timeout,
+            ),
+            polls: 0,
+            metering: None,
+            device_on: None,
+        }
     }
+}
 
-    async fn set_online(&mut self, online: bool) {
-        self.online.set(&self.events, online).await;
-    }
+impl PlugDevice for Plug {
+    type Error = TapoError;
 
-    /// Reads the plug (state always, power/energy when it meters) and
-    /// publishes it.
-    async fn poll(&mut self) -> Result<(), TapoError> {
+    /// Reads the plug (state always, power/energy when it meters).
+    async fn poll(&mut self, report: &mut Report) -> Result<PlugReading, TapoError> {
         let info = self.client.get_device_info().await?;
         self.device_on = Some(info.device_on);
         let mut reading = info_reading(&info);
@@ -200,43 +170,26 @@ impl Plug {
             self.metering = Some(false);
         }
         self.polls = self.polls.wrapping_add(1);
-        let id = identity(&info);
-        if self.identity.as_ref() != Some(&id) {
-            self.identity = Some(id.clone());
-            self.send(DriverEvent::Identity {
-                device: self.id.clone(),
-                info: id,
-            })
-            .await;
-        }
-        self.health.succeeded();
-        self.set_online(true).await;
-        self.send(DriverEvent::Readings {
-            device: self.id.clone(),
-            reading: Reading::Plug(reading),
-        })
-        .await;
-        Ok(())
+        report.identified(identity(&info)).await;
+        Ok(reading)
     }
 
-    async fn switch(&mut self, state: SwitchState) -> Result<(), TapoError> {
-        let on = match state {
-            SwitchState::On => true,
-            SwitchState::Off => false,
-            SwitchState::Toggle => match self.device_on {
-                Some(current) => !current,
-                None => !self.client.get_device_info().await?.device_on,
-            },
-        };
+    fn last_on(&self) -> Option<bool> {
+        self.device_on
+    }
+
+    async fn read_on(&mut self) -> Result<bool, TapoError> {
+        Ok(self.client.get_device_info().await?.device_on)
+    }
+
+    async fn set_on(&mut self, on: bool) -> Result<(), TapoError> {
         self.client.set_on(on).await?;
         tracing::info!(on, "plug switched");
         Ok(())
     }
 
-    /// What a failed poll means; returns how long to wait before the next.
-    async fn failed(&mut self, e: TapoError) -> Duration {
-        let message = e.to_string();
-        let kind = if e.needs_user() {
+    fn failure(&mut self, e: &TapoError) -> Failure {
+        if e.needs_user() {
             Failure::NeedsUser {
                 offline_for: Some(CREDENTIALS_RETRY),
             }
@@ -246,78 +199,6 @@ impl Plug {
             }
         } else {
             Failure::Transient
-        };
-        let a = self.health.failed(kind, &message);
-        let failures = a.failures;
-        match a.log {
-            Loudness::Error => tracing::error!(%message, "plug cannot be used"),
-            Loudness::Warn => tracing::warn!(error = %message, failures, "plug poll failed"),
-            Loudness::Debug => tracing::debug!(error = %message, failures, "plug poll failed"),
-            Loudness::Quiet => {}
         }
-        if let Some(message) = a.problem {
-            self.send(DriverEvent::Problem {
-                device: self.id.clone(),
-                message,
-            })
-            .await;
-        }
-        if a.offline {
-            self.set_online(false).await;
-        }
-        a.wait
-    }
-}
-
-async fn run(
-    link: PlugLink,
-    events: mpsc::Sender<DriverEvent>,
-    mut commands: crate::drivers::inbox::CommandInbox,
-    shutdown: CancellationToken,
-) {
-    let interval = link.poll_interval;
-    let mut plug = Plug {
-        id: link.id.clone(),
-        client: PlugClient::new(
-            &link.host,
-            link.port,
-            &link.username,
-            &link.password,
-            link.timeout,
-        ),
-        events,
-        online: crate::drivers::Reachability::new(&link.id),
-        health: PollHealth::new(interval, UNAVAILABLE_AFTER, BACKOFF_MAX),
-        polls: 0,
-        metering: None,
-        identity: None,
-        device_on: None,
-    };
-    let mut next = Instant::now();
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            _ = tokio::time::sleep_until(next) => {}
-            cmd = commands.recv() => match cmd {
-                None => break,
-                Some(DeviceCommand::Refresh) => {}
-                Some(DeviceCommand::Switch(state)) => {
-                    if let Err(e) = plug.switch(state).await {
-                        plug.send(DriverEvent::CommandFailed {
-                            device: plug.id.clone(),
-                            reason: format!("switching failed: {e}"),
-                        }).await;
-                    }
-                    // Read back at once: Home Assistant shows the plug's
-                    // real state, whether the command worked or not.
-                }
-            },
-        }
-        let started = Instant::now();
-        let delay = match plug.poll().await {
-            Ok(()) => interval,
-            Err(e) => plug.failed(e).await,
-        };
-        next = started + delay;
     }
 }
