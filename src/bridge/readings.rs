@@ -115,10 +115,18 @@ impl Bridge {
             return;
         };
         if let Some(seen) = entry.last_seen {
+            // Written straight from the typed reading (no map per report);
+            // the map is the definition and the way if the writer refuses.
+            let state = entry
+                .state_json(&payloads::timestamp(seen))
+                .unwrap_or_else(|e| {
+                    tracing::debug!(device, error = %e, "state written through the map");
+                    payloads::device_state(&entry.state(), seen)
+                });
             self.outbox.push(Message::retained(
                 Class::State,
                 self.topics.device_state(device),
-                payloads::device_state(&entry.state(), seen),
+                state,
             ));
         }
         if let Some(online) = entry.online {

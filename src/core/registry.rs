@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde_json::{Map, Value};
 use time::OffsetDateTime;
 
-use crate::model::{DeviceKind, Reading};
+use crate::model::{DeviceKind, Reading, StateJson, StateJsonError};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeviceEntry {
@@ -31,6 +31,26 @@ impl DeviceEntry {
             .unwrap_or_default();
         m.extend(self.annotations.clone());
         m
+    }
+
+    /// The state object with `last_seen` (already formatted: the format is
+    /// the topic contract's, not the core's) as JSON text: the same bytes
+    /// as serialising [`Self::state`] with `last_seen` inserted, written
+    /// without building the map (the bridge does this for every report).
+    /// An error means a reading type the writer cannot take; the caller
+    /// can fall back to the map.
+    pub fn state_json(&self, last_seen: &str) -> Result<String, StateJsonError> {
+        // A 16-cell pack has about 70 entries, a plug about 15.
+        let mut out = StateJson::with_capacity(match self.kind {
+            DeviceKind::Bms => 80,
+            DeviceKind::Inverter | DeviceKind::Plug => 24,
+        });
+        if let Some(r) = &self.reading {
+            r.write_state(&mut out)?;
+        }
+        out.fields(&self.annotations)?;
+        out.entry("last_seen", last_seen)?;
+        out.finish()
     }
 
     pub fn pack(&self) -> Option<&crate::model::PackReading> {

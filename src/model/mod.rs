@@ -159,4 +159,6 @@ pub fn round(v: f64, decimals: u8) -> f64 {
 }
 
 pub mod reading;
+pub mod state_json;
 pub use reading::{CellReading, InverterReading, PackReading, PlugReading, Reading};
+pub use state_json::{StateJson, StateJsonError};

@@ -1,9 +1,11 @@
 //! What the devices report, typed. Drivers fill these; the registry, the
 //! balancer, the alerts and the site totals read their fields; the state
 //! object on `<base>/<id>` (docs/DEVICES.md) is their one serialisation,
-//! [`Reading::to_state`]. Each key a consumer reads is named once, here, as
-//! a serde attribute; what only Home Assistant shows (a pack's settings, a
-//! register no rule looks at) travels in `details`, in the driver's words.
+//! [`Reading::to_state`] (as a map; [`Reading::write_state`] writes the same
+//! entries as JSON text without one). Each key a consumer reads is named
+//! once, here, as a serde attribute; what only Home Assistant shows (a
+//! pack's settings, a register no rule looks at) travels in `details`, in
+//! the driver's words.
 //!
 //! Numbers are stored as published (rounded by the driver to the precision
 //! its entities advertise), so the balancer acts on exactly the value Home
@@ -11,6 +13,8 @@
 
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{Map, Value};
+
+use super::state_json::{StateJson, StateJsonError};
 
 /// Display-only values of a device, keyed as in its state object.
 pub type Details = Map<String, Value>;
@@ -61,6 +65,22 @@ impl Reading {
         match self {
             Self::Plug(p) => Some(p),
             _ => None,
+        }
+    }
+
+    /// Adds the state object's entries to `out`: the same entries as
+    /// [`Self::to_state`], from the same serde attributes, without the map.
+    pub fn write_state(&self, out: &mut StateJson) -> Result<(), StateJsonError> {
+        match self {
+            Self::Pack(p) => {
+                out.fields(&**p)?;
+                for (key, v) in p.sensor_entries() {
+                    out.entry(key, &v)?;
+                }
+                Ok(())
+            }
+            Self::Inverter(i) => out.fields(&**i),
+            Self::Plug(p) => out.fields(p),
         }
     }
 }
@@ -458,27 +478,44 @@ impl PackReading {
 
     pub fn to_state(&self) -> Map<String, Value> {
         let mut m = object(self);
-        let mut put = |key: Option<&str>, v: f64| {
-            if let (Some(key), Some(n)) = (key, serde_json::Number::from_f64(v)) {
-                let v = if v.fract() == 0.0 && v.abs() < 9.0e15 {
-                    Value::from(v as i64)
-                } else {
-                    Value::Number(n)
-                };
-                m.insert(key.to_owned(), v);
-            }
-        };
-        for &(n, t) in &self.temperatures_c {
-            put(temperature_key(n), t);
-        }
-        for c in &self.cells {
-            put(cell_voltage_key(c.number).map(|k| k.0), c.voltage_v);
-            put(
-                cell_resistance_key(c.number).map(|k| k.0),
-                c.resistance_mohm,
-            );
+        for (key, v) in self.sensor_entries() {
+            m.insert(key.to_owned(), v);
         }
         m
+    }
+
+    /// The entries of the temperatures and cells, which are not struct
+    /// fields (their keys depend on the sensor's and cell's number), in
+    /// the order they go over the struct's: whole numbers as integers, a
+    /// non-finite value or a number past the key tables left out. Both
+    /// serialisations ([`Self::to_state`], [`Reading::write_state`]) take
+    /// them from here.
+    fn sensor_entries(&self) -> impl Iterator<Item = (&'static str, Value)> + '_ {
+        let put = |key: Option<&'static str>, v: f64| {
+            let key = key?;
+            let n = serde_json::Number::from_f64(v)?;
+            Some(if v.fract() == 0.0 && v.abs() < 9.0e15 {
+                (key, Value::from(v as i64))
+            } else {
+                (key, Value::Number(n))
+            })
+        };
+        let temperatures = self
+            .temperatures_c
+            .iter()
+            .filter_map(move |&(n, t)| put(temperature_key(n), t));
+        let cells = self.cells.iter().flat_map(move |c| {
+            [
+                put(cell_voltage_key(c.number).map(|k| k.0), c.voltage_v),
+                put(
+                    cell_resistance_key(c.number).map(|k| k.0),
+                    c.resistance_mohm,
+                ),
+            ]
+            .into_iter()
+            .flatten()
+        });
+        temperatures.chain(cells)
     }
 
     /// Reads a state object back (the inverse of [`Self::to_state`]): for
