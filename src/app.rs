@@ -62,7 +62,7 @@ pub fn bluez_packs() -> BmsSpawner {
                     .await;
             });
             DriverHandle {
-                commands: tx,
+                commands: std::sync::Arc::new(tx),
                 task: None,
             }
         })
@@ -166,7 +166,8 @@ pub async fn run_with(
     tracing::info!("shutting down");
     bridge.set_healthy(false);
     // Whatever control state is still pending reaches the disk first.
-    let _ = tokio::task::spawn_blocking(bridge.control_writer()).await;
+    let writer = bridge.control_writer();
+    let _ = tokio::task::spawn_blocking(move || writer.write()).await;
     // The drivers' tokens are children of `shutdown`: give them a moment to
     // release their devices (a pack must be free for the phone app, a
     // logger stick runs out of sockets when clients vanish).

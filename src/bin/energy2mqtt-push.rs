@@ -60,7 +60,7 @@ fn now_unix() -> i64 {
 }
 
 fn now_rfc3339() -> String {
-    energy2mqtt::control::rfc3339(energy2mqtt::clock::now())
+    energy2mqtt::mqtt::payloads::instant(energy2mqtt::clock::now())
 }
 
 fn local_minute() -> u16 {

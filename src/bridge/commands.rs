@@ -6,12 +6,13 @@ use serde_json::{Map, Value, json};
 use tokio::time::Instant;
 
 use super::{Bridge, control_moment, control_now};
+use crate::control::{BalancerChange, ThresholdEdits};
 use crate::model::{DeviceCommand, SwitchState};
 use crate::mqtt::commands::SetCommand;
 use crate::mqtt::connection::Incoming;
 use crate::mqtt::outbox::{Class, Message};
-use crate::mqtt::payloads;
 use crate::mqtt::router::{self, BridgeRequest, Inbound, Route};
+use crate::mqtt::{payloads, publish};
 
 impl Bridge {
     /// Carries out what the router made of an incoming message.
@@ -74,21 +75,21 @@ impl Bridge {
                 self.send_to_driver(device, topic, DeviceCommand::Refresh);
             }
             Route::Set { device, set } => self.on_set(device, topic, set),
-            Route::AlertThresholds(v) => {
+            Route::AlertThresholds(edits) => {
                 let (now, local) = control_moment();
                 match self
                     .control
-                    .set_alert_thresholds(&self.registry, &v, now, local)
+                    .set_alert_thresholds(&self.registry, &edits, now, local)
                 {
                     Ok(outputs) => self.apply(outputs),
                     Err(e) => self.command_error("alerts", topic, e.to_string()),
                 }
             }
-            Route::Balancer { inverter, changes } => {
+            Route::Balancer { inverter, change } => {
                 let (now, local) = control_moment();
                 match self
                     .control
-                    .set_balancer(&self.registry, inverter, &changes, now, local)
+                    .set_balancer(&self.registry, inverter, &change, now, local)
                 {
                     Ok(outputs) => self.apply(outputs),
                     Err(e) => self.command_error(inverter, topic, e.to_string()),
@@ -120,10 +121,10 @@ impl Bridge {
         match request {
             BridgeRequest::HealthCheck => Ok(json!({"healthy": true})),
             BridgeRequest::Info => Ok(self.bridge_info()),
-            BridgeRequest::Balancer { inverter, changes } => {
-                self.request_balancer(&inverter, changes)
+            BridgeRequest::Balancer { inverter, change } => {
+                self.request_balancer(&inverter, change)
             }
-            BridgeRequest::AlertThresholds(body) => self.request_alert_thresholds(body),
+            BridgeRequest::AlertThresholds(edits) => self.request_alert_thresholds(edits),
         }
     }
 
@@ -150,42 +151,37 @@ impl Bridge {
     pub(crate) fn request_balancer(
         &mut self,
         inverter: &str,
-        changes: Map<String, Value>,
+        change: BalancerChange,
     ) -> Result<Value, String> {
-        if !changes.is_empty() {
+        if !change.is_empty() {
             let (now, local) = control_moment();
             let outputs = self
                 .control
-                .set_balancer(
-                    &self.registry,
-                    inverter,
-                    &Value::Object(changes),
-                    now,
-                    local,
-                )
+                .set_balancer(&self.registry, inverter, &change, now, local)
                 .map_err(|e| e.to_string())?;
             self.apply(outputs);
         }
-        self.control
-            .balancer_status(inverter)
-            .ok_or_else(|| format!("no balancer for '{inverter}'"))
+        match self.control.balancer_status(inverter) {
+            Some(status) => Ok(status.map_or(Value::Null, publish::balancer_status)),
+            None => Err(format!("no balancer for '{inverter}'")),
+        }
     }
 
     /// `bridge/request/alert_thresholds` `{"<rule>": value, ...}`: answers
     /// with every threshold in force.
     pub(crate) fn request_alert_thresholds(
         &mut self,
-        body: Map<String, Value>,
+        edits: ThresholdEdits,
     ) -> Result<Value, String> {
-        if !body.is_empty() {
+        if !edits.is_empty() {
             let (now, local) = control_moment();
             let outputs = self
                 .control
-                .set_alert_thresholds(&self.registry, &Value::Object(body), now, local)
+                .set_alert_thresholds(&self.registry, &edits, now, local)
                 .map_err(|e| e.to_string())?;
             self.apply(outputs);
         }
-        Ok(self.control.alert_thresholds())
+        Ok(publish::thresholds(&self.control.alert_thresholds()))
     }
 
     /// `<plug>/set`: the mode and the timer are the bridge's business, the
@@ -221,20 +217,24 @@ impl Bridge {
     }
 
     pub(crate) fn send_to_driver(&mut self, device: &str, topic: &str, command: DeviceCommand) {
-        match self.drivers.get(device) {
-            Some(driver) => {
-                if driver.commands.send(command).is_err() {
-                    self.command_error(
-                        device,
-                        topic,
-                        format!(
-                            "the driver of '{device}' has stopped; the command was not carried out"
-                        ),
-                    );
-                }
-            }
-            None if command == DeviceCommand::Refresh => {}
-            None => self.command_error(
+        let refresh = command == DeviceCommand::Refresh;
+        // A switch queues behind the control plane's own (see `switch`).
+        let sent = match command {
+            DeviceCommand::Switch(state) => self.switch(device, state),
+            DeviceCommand::Refresh => match self.drivers.get(device) {
+                Some(d) => d.commands.send(command).map_err(|_| "stopped"),
+                None => Err("none"),
+            },
+        };
+        match sent {
+            Ok(()) => {}
+            Err("stopped") => self.command_error(
+                device,
+                topic,
+                format!("the driver of '{device}' has stopped; the command was not carried out"),
+            ),
+            Err(_) if refresh => {}
+            Err(_) => self.command_error(
                 device,
                 topic,
                 format!("no driver is running for '{device}'; the command was not carried out"),

@@ -85,8 +85,11 @@ pub struct Bridge {
     /// Home Assistant.
     deferred_stale: Vec<String>,
     control: Control,
-    /// The control state waiting to be written (see `save_control`).
-    control_latest: Arc<std::sync::Mutex<Option<Box<control::Saved>>>>,
+    /// Writes `control.json` (made on first use).
+    control_writer: Option<Arc<outputs::ControlWriter>>,
+    /// Carries out switches after the state they rest on is saved
+    /// (started on first use).
+    actuator: Option<tokio::sync::mpsc::UnboundedSender<outputs::Actuation>>,
     /// Outputs of loading the control state, published with the rest.
     control_startup: Vec<control::Output>,
 }
@@ -121,7 +124,8 @@ impl Bridge {
             known: Known::default(),
             deferred_stale: Vec::new(),
             control,
-            control_latest: Arc::default(),
+            control_writer: None,
+            actuator: None,
             control_startup,
         }
     }

@@ -59,7 +59,7 @@ fn harness() -> Harness {
     bridge.drivers.insert(
         "boiler".into(),
         DriverHandle {
-            commands: tx,
+            commands: std::sync::Arc::new(tx),
             task: None,
         },
     );
@@ -180,6 +180,58 @@ async fn commands_to_unknown_devices_and_inverters_are_refused_in_words() {
     );
     assert_eq!(h.bridge.commands_rejected, 2);
     assert_eq!(next_command(&mut h.plug).await, None);
+}
+
+/// A switch that a new control state justifies goes out only once that
+/// state is on disk, and the bridge's task does not wait for the disk
+/// meanwhile (it wrote `control.json` inline before such switches).
+#[tokio::test]
+async fn a_locking_switch_waits_for_its_state_on_disk_and_the_bridge_does_not() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let mut h = harness();
+    let topics = h.bridge.topics.clone();
+    published(&h);
+    // A write in progress: the writer's lock is held for 300 ms.
+    let writer = h.bridge.control_writer();
+    let released = std::sync::Arc::new(AtomicBool::new(false));
+    let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+    let holder = {
+        let writer = writer.clone();
+        let released = released.clone();
+        std::thread::spawn(move || {
+            let _busy = writer.writing.lock().unwrap_or_else(|e| e.into_inner());
+            locked_tx.send(()).expect("test waits");
+            std::thread::sleep(Duration::from_millis(300));
+            released.store(true, Ordering::SeqCst);
+        })
+    };
+    locked_rx.recv().expect("lock taken");
+
+    // `mode on` locks the plug on: a switch, and a state to keep.
+    h.bridge
+        .on_incoming(incoming(&topics.set("boiler"), r#"{"mode":"on"}"#, false));
+    assert!(
+        !released.load(Ordering::SeqCst),
+        "the bridge waited for the write to finish"
+    );
+    assert_eq!(
+        next_command(&mut h.plug).await,
+        None,
+        "not before the write"
+    );
+
+    let command = tokio::time::timeout(Duration::from_secs(10), h.plug.recv())
+        .await
+        .ok()
+        .flatten();
+    assert_eq!(command, Some(DeviceCommand::Switch(SwitchState::On)));
+    assert!(released.load(Ordering::SeqCst));
+    let saved: Value = serde_json::from_slice(
+        &std::fs::read(h._dir.path().join("control.json")).expect("control.json written"),
+    )
+    .expect("JSON");
+    assert_eq!(saved["modes"]["boiler"], "on", "{saved}");
+    holder.join().expect("holder");
 }
 
 #[tokio::test]

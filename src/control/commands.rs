@@ -2,8 +2,6 @@
 //! the hand on a plug, a balancer's settings; each validated as a whole
 //! before anything changes.
 
-use serde_json::Value;
-
 use super::*;
 
 impl Control {
@@ -63,14 +61,13 @@ impl Control {
         Ok(out)
     }
 
-    /// A change of an inverter's balancer: `{"enabled": bool, "on_grid_w":
-    /// W, "off_grid_percent": %}`, any subset. Validated as a whole before
-    /// anything changes.
+    /// A change of an inverter's balancer, already checked field by field
+    /// (`mqtt::commands`); applied as a whole.
     pub fn set_balancer(
         &mut self,
         registry: &Registry,
         inverter: &str,
-        payload: &Value,
+        change: &BalancerChange,
         now: Timestamp,
         local: LocalTime,
     ) -> Result<Vec<Output>, ControlError> {
@@ -85,38 +82,21 @@ impl Control {
                 }
             ));
         };
-        let Some(obj) = payload.as_object() else {
-            return err("expected a JSON object such as {\"enabled\": false}");
-        };
-        if obj.is_empty() {
-            return err("nothing to set; accepted: enabled, on_grid_w, off_grid_percent");
-        }
-        let mut enabled = None;
         let mut limits = self.saved.limits.get(inverter).cloned().unwrap_or_default();
-        for (k, v) in obj {
-            match k.as_str() {
-                "enabled" => {
-                    enabled = Some(parse_bool(v).ok_or_else(|| {
-                        ControlError(format!("enabled: expected true or false, got {v}"))
-                    })?)
-                }
-                "on_grid_w" => limits.on_grid_w = Some(ranged(k, v, 100.0, 100_000.0)?),
-                "off_grid_percent" => limits.off_grid_percent = Some(ranged(k, v, 10.0, 100.0)?),
-                other => {
-                    return err(format!(
-                        "unknown field '{other}'; accepted: enabled, on_grid_w, off_grid_percent"
-                    ));
-                }
-            }
+        if let Some(w) = change.on_grid_w {
+            limits.on_grid_w = Some(w);
+        }
+        if let Some(p) = change.off_grid_percent {
+            limits.off_grid_percent = Some(p);
         }
         self.saved.limits.insert(inverter.to_owned(), limits);
         let config = self.unit_config(inverter);
         let unit = &mut self.units[i];
         unit.config = config;
-        if let Some(e) = enabled {
+        if let Some(e) = change.enabled {
             unit.state.set_enabled(e);
         }
-        tracing::info!(inverter, change = %payload, "balancer settings changed");
+        tracing::info!(inverter, %change, "balancer settings changed");
         let mut out = self.step(registry, now, local);
         self.save(&mut out);
         Ok(out)
@@ -171,18 +151,11 @@ impl Control {
         {
             out.push(Output::Switch { plug, on });
         }
-        out.push(event(
-            "plug_automation",
-            Some(&action.plug),
-            [
-                ("plug", action.plug.clone().into()),
-                ("state", switch_text(on).into()),
-                (
-                    "reason",
-                    serde_json::to_value(action.reason).unwrap_or(Value::Null),
-                ),
-            ],
-        ));
+        out.push(Output::Event(Event::PlugAutomation {
+            plug: action.plug.clone(),
+            on,
+            reason: action.reason,
+        }));
         match command {
             TimerCommand::Start(d) => {
                 tracing::info!(plug, minutes = d.as_secs() / 60, "plug timer started")
@@ -195,27 +168,38 @@ impl Control {
     }
 }
 
-pub(super) fn parse_bool(v: &Value) -> Option<bool> {
-    match v {
-        Value::Bool(b) => Some(*b),
-        Value::String(s) => match s.to_ascii_uppercase().as_str() {
-            "ON" | "TRUE" => Some(true),
-            "OFF" | "FALSE" => Some(false),
-            _ => None,
-        },
-        _ => None,
+/// A change of a balancer's settings: any of them, each within its range.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct BalancerChange {
+    pub enabled: Option<bool>,
+    pub on_grid_w: Option<f64>,
+    pub off_grid_percent: Option<f64>,
+}
+
+impl BalancerChange {
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
     }
 }
 
-pub(super) fn ranged(key: &str, v: &Value, min: f64, max: f64) -> Result<f64, ControlError> {
-    let n = v
-        .as_f64()
-        .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
-        .filter(|n: &f64| n.is_finite());
-    match n {
-        Some(n) if (min..=max).contains(&n) => Ok(n),
-        _ => err(format!(
-            "{key}: expected a number from {min} to {max}, got {v}"
-        )),
+impl std::fmt::Display for BalancerChange {
+    /// `enabled=false on_grid_w=6000`, for the log.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut sep = "";
+        if let Some(e) = self.enabled {
+            write!(f, "enabled={e}")?;
+            sep = " ";
+        }
+        if let Some(w) = self.on_grid_w {
+            write!(f, "{sep}on_grid_w={w}")?;
+            sep = " ";
+        }
+        if let Some(p) = self.off_grid_percent {
+            write!(f, "{sep}off_grid_percent={p}")?;
+        }
+        Ok(())
     }
 }
+
+/// New alert thresholds by rule id, in the order given.
+pub type ThresholdEdits = Vec<(String, f64)>;

@@ -16,9 +16,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use serde_json::{Map, Value, json};
-use time::OffsetDateTime;
-
 use crate::config::{BalancerConfig, Config};
 use crate::core::alerts::{self, AlertState, Rules};
 use crate::core::arbiter::{self, Decision, Held, Origin, PlugFacts, Wish};
@@ -29,10 +26,11 @@ use crate::core::timers::{
 };
 use crate::model::{DeviceKind, PlugMode, SwitchState, TimerCommand, round};
 use crate::storage::Store;
+pub use commands::{BalancerChange, ThresholdEdits};
 use executor::{Delivery, Executor};
 pub use persist::{LimitOverrides, Saved};
-use views::{event, opt_num, phase_text, status_json, switch_text};
-pub use views::{reason_text, rfc3339};
+use views::watts;
+pub use views::{AlertsView, BalancerView, Event, PlugAttributes};
 
 /// What the bridge must do after a control step.
 #[derive(Debug, Clone, PartialEq)]
@@ -40,23 +38,22 @@ pub enum Output {
     /// Send this relay state to the plug's driver.
     Switch { plug: String, on: bool },
     /// The retained state of an inverter's balancer.
-    BalancerStatus { inverter: String, status: Value },
-    /// A message for `bridge/event`.
-    Event {
-        kind: &'static str,
-        device: Option<String>,
-        fields: Map<String, Value>,
+    BalancerStatus {
+        inverter: String,
+        status: BalancerView,
     },
-    /// The retained list of active alerts with the family flags and the
-    /// thresholds (`<base>/alerts`).
-    Alerts(Value),
+    /// A message for `bridge/event`.
+    Event(Event),
+    /// The retained list of active alerts and the thresholds
+    /// (`<base>/alerts`).
+    Alerts(AlertsView),
     /// One raise or clear (`<base>/alerts/event`).
-    AlertEvent(Value),
+    AlertEvent(alerts::AlertEvent),
     /// Control facts about a plug (mode, shed, timer) to merge into its
     /// state object.
     PlugAttributes {
         plug: String,
-        values: Map<String, Value>,
+        attributes: PlugAttributes,
     },
     /// Write this to `control.json` ([`persist::write`]): off the bridge's
     /// task (a write fsyncs), but before any `Switch` of the same batch is
@@ -84,7 +81,7 @@ struct Unit {
     policies: Vec<PlugPolicy>,
     state: BalancerState,
     /// The last published status, to publish only changes.
-    published: Option<Value>,
+    published: Option<BalancerView>,
     phase: Option<Phase>,
 }
 
@@ -98,11 +95,11 @@ pub struct Control {
     timer_status: BTreeMap<String, PlugTimerStatus>,
     rules: Rules,
     alert_state: AlertState,
-    alerts_published: Option<Value>,
+    alerts_published: Option<AlertsView>,
     saved: Saved,
     executor: Executor,
     /// Plug attributes last handed out, to hand out only changes.
-    attributes: BTreeMap<String, Map<String, Value>>,
+    attributes: BTreeMap<String, PlugAttributes>,
     /// Set by the writer when a save failed: handed out again on the
     /// next step (reported once, by the writer).
     save_failed: Arc<AtomicBool>,
@@ -118,11 +115,9 @@ impl Control {
             Ok(s) => s.unwrap_or_default(),
             Err(e) => {
                 tracing::error!(error = %e, "control state not loaded; starting with nothing shed");
-                out.push(event(
-                    "state_error",
-                    None,
-                    [("error", e.to_string().into())],
-                ));
+                out.push(Output::Event(Event::StateError {
+                    error: e.to_string(),
+                }));
                 Saved::default()
             }
         };
@@ -235,15 +230,12 @@ impl Control {
                         attempts,
                         "the plug has not confirmed a switch command; still trying"
                     );
-                    out.push(event(
-                        "command_unconfirmed",
-                        Some(&plug),
-                        [
-                            ("state", switch_text(on).into()),
-                            ("by", origin.into()),
-                            ("attempts", attempts.into()),
-                        ],
-                    ));
+                    out.push(Output::Event(Event::CommandUnconfirmed {
+                        plug,
+                        on,
+                        by: origin,
+                        attempts,
+                    }));
                 }
             }
         }
@@ -293,7 +285,7 @@ impl Control {
             let action = if on { "restore" } else { "shed" };
             tracing::info!(
                 plug = %a.plug,
-                reason = reason_text(a.reason),
+                reason = a.reason.as_str(),
                 load_w = d.status.load_w,
                 limit_w = d.status.limit_w,
                 plug_w = a.power_w,
@@ -316,53 +308,44 @@ impl Control {
             {
                 out.push(Output::Switch { plug, on });
             }
-            out.push(event(
-                "balancer_action",
-                Some(&a.plug),
-                [
-                    ("inverter", inverter.clone().into()),
-                    ("action", action.into()),
-                    ("plug", a.plug.clone().into()),
-                    ("reason", reason_text(a.reason).into()),
-                    ("load_w", opt_num(d.status.load_w)),
-                    ("limit_w", opt_num(d.status.limit_w)),
-                    ("plug_w", round(a.power_w, 1).into()),
-                ],
-            ));
+            out.push(Output::Event(Event::BalancerAction {
+                inverter: inverter.clone(),
+                plug: a.plug.clone(),
+                on,
+                reason: a.reason,
+                load_w: watts(d.status.load_w),
+                limit_w: watts(d.status.limit_w),
+                plug_w: round(a.power_w, 1),
+            }));
         }
         for n in &d.notices {
             let balancer::Notice::Override { plug, until } = n;
             self.executor.cancel(plug);
-            tracing::info!(plug = %plug, until = %rfc3339(*until), "a shed plug was switched on by hand: the balancer leaves it on for the override window");
-            out.push(event(
-                "balancer_override",
-                Some(plug),
-                [
-                    ("inverter", inverter.clone().into()),
-                    ("plug", plug.clone().into()),
-                    ("until", rfc3339(*until).into()),
-                ],
-            ));
+            tracing::info!(plug = %plug, until = %crate::mqtt::payloads::instant(*until), "a shed plug was switched on by hand: the balancer leaves it on for the override window");
+            out.push(Output::Event(Event::BalancerOverride {
+                inverter: inverter.clone(),
+                plug: plug.clone(),
+                until: *until,
+            }));
         }
         let phase = d.status.state;
         if prev_phase != Some(phase) && prev_phase.is_some() {
             tracing::info!(
-                from = prev_phase.map_or("none", phase_text),
-                to = phase_text(phase),
+                from = prev_phase.map_or("none", Phase::as_str),
+                to = phase.as_str(),
                 "balancer state"
             );
             if matches!(phase, Phase::Failsafe | Phase::Stale)
                 || prev_phase == Some(Phase::Failsafe)
             {
-                out.push(event(
-                    "balancer_state",
-                    Some(&inverter),
-                    [("state", json!(phase))],
-                ));
+                out.push(Output::Event(Event::BalancerState {
+                    inverter: inverter.clone(),
+                    state: phase,
+                }));
             }
         }
         let enabled = d.state.persisted().enabled && unit.config.enabled;
-        let status = status_json(&d.status, &unit.config, enabled);
+        let status = BalancerView::new(&d.status, &unit.config, enabled);
         let unit = &mut self.units[i];
         unit.phase = Some(phase);
         unit.state = d.state;
@@ -414,8 +397,7 @@ impl Control {
     /// holds it (a lock, or an ON of a plug the balancer has shed).
     fn automation_switch(&mut self, a: &TimerAction, now: Timestamp, out: &mut Vec<Output>) {
         let on = a.state == SwitchState::On;
-        let reason = serde_json::to_value(a.reason).unwrap_or(Value::Null);
-        let why_on = reason.as_str().unwrap_or("automation").to_owned();
+        let why_on = a.reason.as_str();
         let origin = match a.reason {
             TimerReason::Schedule => Origin::Schedule,
             TimerReason::Surplus => Origin::Surplus,
@@ -433,15 +415,11 @@ impl Control {
         if let Delivery::Send { plug, on } = self.executor.want(&a.plug, on, origin.as_str(), now) {
             out.push(Output::Switch { plug, on });
         }
-        out.push(event(
-            "plug_automation",
-            Some(&a.plug),
-            [
-                ("plug", a.plug.clone().into()),
-                ("state", switch_text(on).into()),
-                ("reason", reason),
-            ],
-        ));
+        out.push(Output::Event(Event::PlugAutomation {
+            plug: a.plug.clone(),
+            on,
+            reason: a.reason,
+        }));
     }
 
     fn is_shed(&self, plug: &str) -> bool {
@@ -471,10 +449,11 @@ impl Control {
         self.save_failed.clone()
     }
 
-    /// The last published state of an inverter's balancer.
-    pub fn balancer_status(&self, inverter: &str) -> Option<Value> {
+    /// The last published state of an inverter's balancer: `None` when
+    /// it has no balancer, `Some(None)` before its first step.
+    pub fn balancer_status(&self, inverter: &str) -> Option<Option<&BalancerView>> {
         let u = self.units.iter().find(|u| u.inverter == inverter)?;
-        Some(u.published.clone().unwrap_or(Value::Null))
+        Some(u.published.as_ref())
     }
 }
 

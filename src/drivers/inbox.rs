@@ -98,6 +98,11 @@ impl CommandSender {
         Ok(())
     }
 
+    /// Whether the task still takes commands.
+    pub fn is_open(&self) -> bool {
+        !self.shared.lock().receiver_gone
+    }
+
     /// Commands merged into a later one since the start.
     pub fn superseded(&self) -> u64 {
         self.shared.superseded.load(Ordering::Relaxed)

@@ -81,7 +81,9 @@ pub enum Assume {
 /// How the bridge reaches the task that owns a device.
 #[derive(Debug)]
 pub struct DriverHandle {
-    pub commands: inbox::CommandSender,
+    /// Shared with the bridge's actuator while a switch waits for the
+    /// control state it rests on to reach the disk.
+    pub commands: std::sync::Arc<inbox::CommandSender>,
     /// The task itself: at shutdown the bridge waits a moment for it to
     /// release its device (close a TCP connection, disconnect a pack).
     pub task: Option<tokio::task::JoinHandle<()>>,
@@ -98,7 +100,7 @@ where
     let (tx, rx) = inbox::channel();
     let task = tokio::spawn(run(rx).instrument(span));
     DriverHandle {
-        commands: tx,
+        commands: std::sync::Arc::new(tx),
         task: Some(task),
     }
 }

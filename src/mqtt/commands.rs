@@ -3,6 +3,7 @@
 
 use serde_json::{Map, Value};
 
+use crate::control::{BalancerChange, ThresholdEdits};
 use crate::model::{PlugMode, SwitchState, TimerCommand};
 
 /// Commands are small; anything bigger is refused before parsing.
@@ -30,6 +31,14 @@ pub enum ParseError {
     Empty(String),
     #[error("{0}")]
     Conflict(&'static str),
+    /// A field of a control command with a value of the wrong kind or out
+    /// of its range; worded in full.
+    #[error("{0}")]
+    Field(String),
+    #[error("nothing to set; accepted: {0}")]
+    NothingToSet(&'static str),
+    #[error("expected a JSON object of rule ids and thresholds, such as {{\"soc_low\": 25}}")]
+    NoThresholds,
 }
 
 const SET_FIELDS: &[&str] = &["state", "mode", "timer"];
@@ -54,12 +63,97 @@ pub enum Command {
 }
 
 /// `{"a": 1}` as a map, for the control commands (balancer, alerts).
-pub fn parse_json_object(payload: &[u8]) -> Result<Value, ParseError> {
+pub fn parse_json_object(payload: &[u8]) -> Result<Map<String, Value>, ParseError> {
     let text = text(payload)?;
     match serde_json::from_str::<Value>(text.trim()) {
-        Ok(v @ Value::Object(_)) => Ok(v),
+        Ok(Value::Object(m)) => Ok(m),
         Ok(_) => Err(ParseError::NotObject),
         Err(_) => Err(ParseError::NotJson(preview(text.trim()))),
+    }
+}
+
+const BALANCER_FIELDS: &str = "enabled, on_grid_w, off_grid_percent";
+
+/// `balancer/<inverter>/set`: `{"enabled": bool, "on_grid_w": W,
+/// "off_grid_percent": %}`, any subset but not none.
+pub fn parse_balancer_set(payload: &[u8]) -> Result<BalancerChange, ParseError> {
+    let change = balancer_change(&parse_json_object(payload)?)?;
+    if change.is_empty() {
+        return Err(ParseError::NothingToSet(BALANCER_FIELDS));
+    }
+    Ok(change)
+}
+
+/// The fields of a balancer change, each checked against its range; an
+/// empty object is an empty change (`bridge/request/balancer` then only
+/// asks for the state).
+pub fn balancer_change(obj: &Map<String, Value>) -> Result<BalancerChange, ParseError> {
+    let mut change = BalancerChange::default();
+    for (k, v) in obj {
+        match k.as_str() {
+            "enabled" => {
+                change.enabled = Some(flag(v).ok_or_else(|| {
+                    ParseError::Field(format!("enabled: expected true or false, got {v}"))
+                })?)
+            }
+            "on_grid_w" => change.on_grid_w = Some(ranged(k, v, 100.0, 100_000.0)?),
+            "off_grid_percent" => change.off_grid_percent = Some(ranged(k, v, 10.0, 100.0)?),
+            other => {
+                return Err(ParseError::UnknownField {
+                    field: other.to_owned(),
+                    accepted: BALANCER_FIELDS.to_owned(),
+                });
+            }
+        }
+    }
+    Ok(change)
+}
+
+/// `alerts/set`: `{"<rule id>": value, ...}`, at least one. Whether the
+/// rules exist and take the values is the control plane's to say.
+pub fn parse_thresholds_set(payload: &[u8]) -> Result<ThresholdEdits, ParseError> {
+    let edits = threshold_edits(&parse_json_object(payload)?)?;
+    if edits.is_empty() {
+        return Err(ParseError::NoThresholds);
+    }
+    Ok(edits)
+}
+
+/// The numbers of a threshold edit (numbers or numeric strings, as Home
+/// Assistant's text and number entities send them).
+pub fn threshold_edits(obj: &Map<String, Value>) -> Result<ThresholdEdits, ParseError> {
+    obj.iter()
+        .map(|(rule, v)| {
+            v.as_f64()
+                .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+                .map(|value| (rule.clone(), value))
+                .ok_or_else(|| ParseError::Field(format!("{rule}: expected a number, got {v}")))
+        })
+        .collect()
+}
+
+fn flag(v: &Value) -> Option<bool> {
+    match v {
+        Value::Bool(b) => Some(*b),
+        Value::String(s) => match s.to_ascii_uppercase().as_str() {
+            "ON" | "TRUE" => Some(true),
+            "OFF" | "FALSE" => Some(false),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+fn ranged(key: &str, v: &Value, min: f64, max: f64) -> Result<f64, ParseError> {
+    let n = v
+        .as_f64()
+        .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+        .filter(|n: &f64| n.is_finite());
+    match n {
+        Some(n) if (min..=max).contains(&n) => Ok(n),
+        _ => Err(ParseError::Field(format!(
+            "{key}: expected a number from {min} to {max}, got {v}"
+        ))),
     }
 }
 
@@ -392,6 +486,66 @@ mod tests {
         assert_eq!(
             salvage_transaction(br#"{"transaction":7}"#),
             Some(Value::from(7))
+        );
+    }
+
+    /// Moved from control's `balancer_commands_are_validated_as_a_whole`:
+    /// the fields are checked here, before control sees the change.
+    #[test]
+    fn balancer_changes_are_validated_as_a_whole() {
+        for (bad, why) in [
+            (&br#"{"on_grid_w": 50}"#[..], "on_grid_w"),
+            (br#"{"enabled": "maybe"}"#, "enabled"),
+            (
+                br#"{"enabled": false, "colour": 1}"#,
+                "unknown field 'colour'",
+            ),
+            (br#"{}"#, "nothing to set"),
+            (br#"[1]"#, "JSON object"),
+        ] {
+            let e = parse_balancer_set(bad).unwrap_err();
+            assert!(
+                e.to_string().contains(why),
+                "{}: {e}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert_eq!(
+            parse_balancer_set(br#"{"on_grid_w": "6000", "enabled": "OFF"}"#),
+            Ok(BalancerChange {
+                enabled: Some(false),
+                on_grid_w: Some(6000.0),
+                off_grid_percent: None,
+            })
+        );
+        assert_eq!(
+            parse_balancer_set(br#"{"off_grid_percent": 101}"#)
+                .unwrap_err()
+                .to_string(),
+            "off_grid_percent: expected a number from 10 to 100, got 101"
+        );
+        // A request may ask without changing anything.
+        assert_eq!(balancer_change(&Map::new()), Ok(BalancerChange::default()));
+    }
+
+    #[test]
+    fn threshold_edits_are_numbers() {
+        assert_eq!(
+            parse_thresholds_set(br#"{"soc_low": 25, "cell_high": " 3.6 "}"#),
+            Ok(vec![
+                ("cell_high".to_owned(), 3.6),
+                ("soc_low".to_owned(), 25.0)
+            ])
+        );
+        assert_eq!(
+            parse_thresholds_set(br#"{"soc_low": true}"#)
+                .unwrap_err()
+                .to_string(),
+            "soc_low: expected a number, got true"
+        );
+        assert_eq!(
+            parse_thresholds_set(b"{}").unwrap_err().to_string(),
+            r#"expected a JSON object of rule ids and thresholds, such as {"soc_low": 25}"#
         );
     }
 }

@@ -8,6 +8,7 @@ pub mod devices;
 pub mod discovery;
 pub mod outbox;
 pub mod payloads;
+pub mod publish;
 pub mod router;
 pub mod settings;
 pub mod topics;

@@ -4,6 +4,8 @@ use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+use crate::model::Timestamp;
+
 pub const ONLINE: &str = r#"{"state":"online"}"#;
 pub const OFFLINE: &str = r#"{"state":"offline"}"#;
 
@@ -14,6 +16,14 @@ pub fn availability(online: bool) -> &'static str {
 /// RFC 3339 in UTC, as in `last_seen`.
 pub fn timestamp(t: OffsetDateTime) -> String {
     t.format(&Rfc3339).unwrap_or_default()
+}
+
+/// A control-plane time ([`Timestamp`], milliseconds) in RFC 3339, UTC.
+pub fn instant(t: Timestamp) -> String {
+    let nanos = i128::from(t.0) * 1_000_000;
+    OffsetDateTime::from_unix_timestamp_nanos(nanos)
+        .map(timestamp)
+        .unwrap_or_default()
 }
 
 /// A device's retained state: its readings plus `last_seen`.

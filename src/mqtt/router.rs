@@ -13,11 +13,12 @@
 //! * `bridge/request/<cmd>` is answered on `bridge/response/<cmd>`, with
 //!   the request's `transaction` echoed even when the request is refused.
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::commands::{self, Command, ParseError, SetCommand};
 use super::discovery;
 use super::topics::{IncomingTopic, Topics};
+use crate::control::{BalancerChange, ThresholdEdits};
 use crate::core::registry::Registry;
 use crate::model::DeviceKind;
 
@@ -56,10 +57,10 @@ pub enum BridgeRequest {
     /// `{"inverter": id, ...changes}`; no changes: just the state.
     Balancer {
         inverter: String,
-        changes: Map<String, Value>,
+        change: BalancerChange,
     },
     /// `{"<rule>": value, ...}`; none: just the thresholds.
-    AlertThresholds(Map<String, Value>),
+    AlertThresholds(ThresholdEdits),
 }
 
 /// What to do with one message.
@@ -96,9 +97,12 @@ pub enum Route<'a> {
     /// `<plug>/set`, parsed.
     Set { device: &'a str, set: SetCommand },
     /// `alerts/set`: new thresholds, not yet checked against the rules.
-    AlertThresholds(Value),
-    /// `balancer/<inverter>/set`: changes, not yet checked.
-    Balancer { inverter: &'a str, changes: Value },
+    AlertThresholds(ThresholdEdits),
+    /// `balancer/<inverter>/set`: a change, each field in its range.
+    Balancer {
+        inverter: &'a str,
+        change: BalancerChange,
+    },
     /// A command refused: a `command_error` event for `device`.
     Refused {
         device: &'a str,
@@ -170,16 +174,16 @@ fn command<'a>(kind: IncomingTopic<'a>, msg: Inbound<'a>, devices: &dyn Devices)
             devices,
         ),
         IncomingTopic::Get(device) => device_command(device, Ok(Command::Refresh), devices),
-        IncomingTopic::AlertsSet => match commands::parse_json_object(msg.payload) {
-            Ok(v) => Route::AlertThresholds(v),
+        IncomingTopic::AlertsSet => match commands::parse_thresholds_set(msg.payload) {
+            Ok(edits) => Route::AlertThresholds(edits),
             Err(e) => Route::Refused {
                 device: "alerts",
                 error: e.to_string(),
                 clear: false,
             },
         },
-        IncomingTopic::BalancerSet(inverter) => match commands::parse_json_object(msg.payload) {
-            Ok(changes) => Route::Balancer { inverter, changes },
+        IncomingTopic::BalancerSet(inverter) => match commands::parse_balancer_set(msg.payload) {
+            Ok(change) => Route::Balancer { inverter, change },
             Err(e) => Route::Refused {
                 device: inverter,
                 error: e.to_string(),
@@ -216,9 +220,9 @@ fn request<'a>(cmd: &'a str, payload: &[u8]) -> Route<'a> {
         "health_check" => BridgeRequest::HealthCheck,
         "info" => BridgeRequest::Info,
         "balancer" => match body.remove("inverter") {
-            Some(Value::String(inverter)) => BridgeRequest::Balancer {
-                inverter,
-                changes: body,
+            Some(Value::String(inverter)) => match commands::balancer_change(&body) {
+                Ok(change) => BridgeRequest::Balancer { inverter, change },
+                Err(e) => return refused(e.to_string(), req.transaction),
             },
             _ => {
                 return refused(
@@ -227,7 +231,10 @@ fn request<'a>(cmd: &'a str, payload: &[u8]) -> Route<'a> {
                 );
             }
         },
-        "alert_thresholds" => BridgeRequest::AlertThresholds(body),
+        "alert_thresholds" => match commands::threshold_edits(&body) {
+            Ok(edits) => BridgeRequest::AlertThresholds(edits),
+            Err(e) => return refused(e.to_string(), req.transaction),
+        },
         other => {
             return refused(
                 format!(

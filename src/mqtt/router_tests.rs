@@ -220,7 +220,7 @@ fn bridge_requests() {
         }
     );
     let Route::Request {
-        request: BridgeRequest::Balancer { inverter, changes },
+        request: BridgeRequest::Balancer { inverter, change },
         ..
     } = routed(msg(
         "e2m/bridge/request/balancer",
@@ -230,7 +230,7 @@ fn bridge_requests() {
         panic!("a balancer request")
     };
     assert_eq!(inverter, "deye");
-    assert_eq!(changes.get("enabled"), Some(&json!(false)));
+    assert_eq!(change.enabled, Some(false));
     assert_eq!(
         routed(msg(
             "e2m/bridge/request/balancer",
@@ -268,7 +268,7 @@ fn bridge_requests() {
 fn control_commands_and_the_rest() {
     assert_eq!(
         routed(msg("e2m/alerts/set", br#"{"soc_low": 25}"#)),
-        Route::AlertThresholds(json!({"soc_low": 25}))
+        Route::AlertThresholds(vec![("soc_low".to_owned(), 25.0)])
     );
     assert_eq!(
         routed(msg("e2m/alerts/set", b"25")),
@@ -278,7 +278,10 @@ fn control_commands_and_the_rest() {
         routed(msg("e2m/balancer/deye/set", br#"{"enabled": true}"#)),
         Route::Balancer {
             inverter: "deye",
-            changes: json!({"enabled": true})
+            change: crate::control::BalancerChange {
+                enabled: Some(true),
+                ..Default::default()
+            }
         }
     );
     assert_eq!(

@@ -162,6 +162,20 @@ pub enum Reason {
     PvSurplus,
 }
 
+impl Reason {
+    /// The word in events, logs and the state topics (as serialised).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Overload => "overload",
+            Self::Emergency => "emergency",
+            Self::Failsafe => "failsafe",
+            Self::PvDeficit => "pv_deficit",
+            Self::Restore => "restore",
+            Self::PvSurplus => "pv_surplus",
+        }
+    }
+}
+
 /// A switch command for the executor.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Action {
@@ -313,6 +327,20 @@ pub enum Phase {
     /// Inverter data missing for `failsafe_after`: failsafe plugs are shed.
     Failsafe,
     Disabled,
+}
+
+impl Phase {
+    /// The word in the balancer's state topic and the logs (as serialised).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Idle => "idle",
+            Self::Shedding => "shedding",
+            Self::Restoring => "restoring",
+            Self::Stale => "stale",
+            Self::Failsafe => "failsafe",
+            Self::Disabled => "disabled",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -221,6 +221,19 @@ pub enum Source {
     Surplus,
 }
 
+impl TimerReason {
+    /// The word in `plug_automation` events and the logs (as serialised).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::TimerStart => "timer_start",
+            Self::Timer => "timer",
+            Self::TimerCancel => "timer_cancel",
+            Self::Schedule => "schedule",
+            Self::Surplus => "surplus",
+        }
+    }
+}
+
 /// The latest switch this module asked for on a plug.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LastAction {
