@@ -15,6 +15,17 @@ pub fn http_url(host: &str, port: u16, path: &str) -> String {
     }
 }
 
+/// Why a device could not be reached, as `host:port: <innermost cause>`:
+/// the innermost cause names what went wrong ("Connection refused") where
+/// reqwest's own message does not.
+pub fn unreachable(host: &str, port: u16, e: &reqwest::Error) -> String {
+    let mut cause: &dyn std::error::Error = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    format!("{host}:{port}: {cause}")
+}
+
 fn config(roots: rustls::RootCertStore) -> Option<rustls::ClientConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     rustls::ClientConfig::builder_with_provider(provider)

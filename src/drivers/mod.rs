@@ -6,6 +6,7 @@ pub mod health;
 pub mod inbox;
 pub mod jkbms;
 pub mod plug_loop;
+pub(crate) mod poll;
 pub mod shelly;
 pub mod tapo;
 

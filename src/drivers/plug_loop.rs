@@ -11,15 +11,22 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::drivers::health::{Failure, Loudness, PollHealth};
+use crate::drivers::DriverEvent;
+use crate::drivers::health::{Failure, PollHealth};
 use crate::drivers::inbox::CommandInbox;
-use crate::drivers::{DeviceInfo as Identity, DriverEvent, Reachability};
+pub(crate) use crate::drivers::poll::Report;
+use crate::drivers::poll::{Wake, Words, wait};
 use crate::model::{DeviceCommand, FieldKind, FieldSpec, PlugReading, Reading, SwitchState};
 
 /// Failed polls in a row before a plug is reported unavailable.
 const UNAVAILABLE_AFTER: u32 = 2;
 /// Backoff cap when a plug is unreachable.
 const BACKOFF_MAX: Duration = Duration::from_secs(60);
+
+const PLUG_WORDS: Words = Words {
+    unusable: "plug cannot be used",
+    failed: "plug poll failed",
+};
 
 /// One plug as its driver reaches it.
 pub(crate) trait PlugDevice {
@@ -63,47 +70,6 @@ impl Polling {
     }
 }
 
-/// What the loop reports about one plug.
-pub(crate) struct Report {
-    id: String,
-    events: mpsc::Sender<DriverEvent>,
-    online: Reachability,
-    identity: Option<Identity>,
-}
-
-impl Report {
-    fn new(id: &str, events: mpsc::Sender<DriverEvent>) -> Self {
-        Self {
-            id: id.to_owned(),
-            events,
-            online: Reachability::new(id),
-            identity: None,
-        }
-    }
-
-    async fn send(&self, ev: DriverEvent) {
-        let _ = self.events.send(ev).await;
-    }
-
-    async fn set_online(&mut self, online: bool) {
-        self.online.set(&self.events, online).await;
-    }
-
-    /// What the plug says it is: an event when that changed. Whether it did.
-    pub(crate) async fn identified(&mut self, id: Identity) -> bool {
-        if self.identity.as_ref() == Some(&id) {
-            return false;
-        }
-        self.identity = Some(id.clone());
-        self.send(DriverEvent::Identity {
-            device: self.id.clone(),
-            info: id,
-        })
-        .await;
-        true
-    }
-}
-
 /// Runs one plug until the shutdown or until the bridge drops its end of
 /// `commands`.
 pub(crate) async fn run<D: PlugDevice>(
@@ -119,23 +85,21 @@ pub(crate) async fn run<D: PlugDevice>(
     let mut report = Report::new(id, events);
     let mut next = Instant::now();
     loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            _ = tokio::time::sleep_until(next) => {}
-            cmd = commands.recv() => match cmd {
-                None => break,
-                Some(DeviceCommand::Refresh) => {}
-                Some(DeviceCommand::Switch(state)) => {
-                    if let Err(e) = switch(&mut device, state).await {
-                        report.send(DriverEvent::CommandFailed {
+        match wait(&shutdown, next, &mut commands).await {
+            Wake::Stop => break,
+            Wake::Due | Wake::Command(DeviceCommand::Refresh) => {}
+            Wake::Command(DeviceCommand::Switch(state)) => {
+                if let Err(e) = switch(&mut device, state).await {
+                    report
+                        .send(DriverEvent::CommandFailed {
                             device: report.id.clone(),
                             reason: format!("switching failed: {e}"),
-                        }).await;
-                    }
-                    // Read back at once: Home Assistant shows the plug's
-                    // real state, whether the command worked or not.
+                        })
+                        .await;
                 }
-            },
+                // Read back at once: Home Assistant shows the plug's
+                // real state, whether the command worked or not.
+            }
         }
         let started = Instant::now();
         let delay = match device.poll(&mut report).await {
@@ -178,24 +142,7 @@ async fn failed<D: PlugDevice>(
     let kind = device.failure(&e);
     let message = e.to_string();
     let a = health.failed(kind, &message);
-    let failures = a.failures;
-    match a.log {
-        Loudness::Error => tracing::error!(%message, "plug cannot be used"),
-        Loudness::Warn => tracing::warn!(error = %message, failures, "plug poll failed"),
-        Loudness::Debug => tracing::debug!(error = %message, failures, "plug poll failed"),
-        Loudness::Quiet => {}
-    }
-    if let Some(message) = a.problem {
-        report
-            .send(DriverEvent::Problem {
-                device: report.id.clone(),
-                message,
-            })
-            .await;
-    }
-    if a.offline {
-        report.set_online(false).await;
-    }
+    report.failed(&a, &message, PLUG_WORDS).await;
     if matches!(kind, Failure::RateLimited { .. }) {
         tracing::debug!(wait = ?a.wait, "plug busy");
     }
@@ -262,6 +209,7 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use super::*;
+    use crate::drivers::DeviceInfo as Identity;
     use crate::drivers::inbox;
 
     const MS: Duration = Duration::from_millis(1);

@@ -13,7 +13,8 @@ use tokio_util::sync::CancellationToken;
 use super::registers::{self, Family, Identity, Registers, Sample};
 use super::transport::{Link, LinkCounters, TransportError};
 use crate::config::InverterConfig;
-use crate::drivers::health::{Failure, Loudness, PollHealth};
+use crate::drivers::health::{Failure, PollHealth};
+use crate::drivers::poll::{Report, Wake, Words, wait};
 use crate::drivers::{DeviceInfo, DriverEvent, DriverHandle};
 use crate::model::{DeviceCommand, InverterReading, Reading};
 
@@ -23,6 +24,10 @@ const IDENTITY_EVERY: Duration = Duration::from_secs(3600);
 const BACKOFF_MAX: Duration = Duration::from_secs(60);
 /// An unsupported model is checked again this rarely.
 const UNSUPPORTED_RETRY: Duration = Duration::from_secs(3600);
+const INVERTER_WORDS: Words = Words {
+    unusable: "inverter cannot be read",
+    failed: "inverter poll failed",
+};
 
 /// Why a poll produced nothing.
 #[derive(Debug, thiserror::Error)]
@@ -231,23 +236,21 @@ async fn run(
     let interval = config.poll_interval;
     let mut health = PollHealth::new(interval, config.unavailable_after, BACKOFF_MAX);
     let mut poller = Poller::new(config);
-    let mut online = crate::drivers::Reachability::new(&id);
+    let mut report = Report::new(&id, events);
     let mut next = Instant::now();
     loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            _ = tokio::time::sleep_until(next) => {}
-            cmd = commands.recv() => match cmd {
-                None => break,
-                Some(DeviceCommand::Refresh) => {}
-                Some(DeviceCommand::Switch(_)) => {
-                    let _ = events.send(DriverEvent::CommandFailed {
+        match wait(&shutdown, next, &mut commands).await {
+            Wake::Stop => break,
+            Wake::Due | Wake::Command(DeviceCommand::Refresh) => {}
+            Wake::Command(DeviceCommand::Switch(_)) => {
+                report
+                    .send(DriverEvent::CommandFailed {
                         device: id.clone(),
                         reason: "an inverter accepts no set commands".into(),
-                    }).await;
-                    continue;
-                }
-            },
+                    })
+                    .await;
+                continue;
+            }
         }
         let started = Instant::now();
         let result = poller.poll().await;
@@ -262,14 +265,9 @@ async fn run(
                         rated_w = identity.rated_power_w,
                         "inverter identified"
                     );
-                    let _ = events
-                        .send(DriverEvent::Identity {
-                            device: id.clone(),
-                            info: device_info(&identity),
-                        })
-                        .await;
+                    report.identified(device_info(&identity)).await;
                 }
-                online.set(&events, true).await;
+                report.set_online(true).await;
                 let mut details = sample.to_map();
                 details.extend(poller.diagnostics());
                 details.insert(
@@ -278,7 +276,7 @@ async fn run(
                 );
                 let rated = poller.identity.as_ref().map(|(i, _)| i.rated_power_w);
                 let reading = inverter_reading(&sample, rated).with_details(details);
-                let _ = events
+                report
                     .send(DriverEvent::Readings {
                         device: id.clone(),
                         reading: Reading::Inverter(Box::new(reading)),
@@ -304,32 +302,11 @@ async fn run(
                     Failure::Transient
                 };
                 let a = health.failed(kind, &message);
-                let failures = a.failures;
-                match a.log {
-                    Loudness::Error => tracing::error!(%message, "inverter cannot be read"),
-                    Loudness::Warn => {
-                        tracing::warn!(error = %message, failures, "inverter poll failed")
-                    }
-                    Loudness::Debug => {
-                        tracing::debug!(error = %message, failures, "inverter poll failed")
-                    }
-                    Loudness::Quiet => {}
-                }
-                if let Some(message) = a.problem {
-                    let _ = events
-                        .send(DriverEvent::Problem {
-                            device: id.clone(),
-                            message,
-                        })
-                        .await;
-                }
+                report.failed(&a, &message, INVERTER_WORDS).await;
                 delay = a.wait;
                 if matches!(e, PollError::Unsupported(_)) {
                     poller.close().await;
                     delay = delay.max(UNSUPPORTED_RETRY);
-                }
-                if a.offline {
-                    online.set(&events, false).await;
                 }
             }
         }

@@ -167,7 +167,7 @@ impl ShellyClient {
         if e.is_timeout() {
             ShellyError::Timeout(self.timeout)
         } else {
-            ShellyError::Unreachable(format!("{}:{}: {}", self.host, self.port, root_cause(e)))
+            ShellyError::Unreachable(crate::https::unreachable(&self.host, self.port, e))
         }
     }
 
@@ -343,16 +343,6 @@ fn cnonce() -> Result<String, ShellyError> {
     getrandom::fill(&mut b)
         .map_err(|e| ShellyError::Unreachable(format!("no randomness for the digest: {e}")))?;
     Ok(b.iter().map(|x| format!("{x:02x}")).collect())
-}
-
-/// The innermost cause, which names what went wrong ("Connection
-/// refused") where reqwest's own message does not.
-fn root_cause(e: &reqwest::Error) -> String {
-    let mut cause: &dyn std::error::Error = e;
-    while let Some(next) = cause.source() {
-        cause = next;
-    }
-    cause.to_string()
 }
 
 #[cfg(test)]

@@ -172,7 +172,7 @@ impl PlugClient {
         if e.is_timeout() {
             TapoError::Timeout(self.timeout)
         } else {
-            TapoError::Unreachable(format!("{}:{}: {}", self.host, self.port, root_cause(&e)))
+            TapoError::Unreachable(crate::https::unreachable(&self.host, self.port, &e))
         }
     }
 
@@ -412,14 +412,6 @@ impl Retry {
             Self::Connection(e) | Self::Fatal(e) => e,
         }
     }
-}
-
-fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut cur = e;
-    while let Some(next) = cur.source() {
-        cur = next;
-    }
-    cur.to_string()
 }
 
 fn now_ms() -> u64 {
