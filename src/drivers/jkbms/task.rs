@@ -22,6 +22,8 @@ use super::publish::{PackShape, fields};
 use super::{DecodeError, Decoded};
 use crate::config::BmsConfig;
 use crate::core::energy::{EnergyCounters, Integrator};
+use crate::drivers::health::{Failure, PollHealth};
+use crate::drivers::poll::{Report, Words};
 use crate::drivers::{Description, DeviceInfo, DriverEvent, DriverHandle};
 use crate::model::{DeviceCommand, FieldSpec, PackReading, Reading};
 use crate::storage::Store;
@@ -33,6 +35,10 @@ const RECONNECT_AFTER: Duration = Duration::from_secs(30);
 /// Reconnect backoff: from this, doubling, up to `BACKOFF_MAX`.
 const BACKOFF_FIRST: Duration = Duration::from_secs(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
+const PACK_WORDS: Words = Words {
+    unusable: "pack cannot be used",
+    failed: "pack not reachable",
+};
 /// Energy counters are saved this often (and on shutdown).
 const SAVE_EVERY: Duration = Duration::from_secs(60);
 /// Power samples further apart are not integrated.
@@ -138,11 +144,10 @@ pub fn spawn<C: PackConnector>(
 
 struct Pack {
     id: String,
-    events: mpsc::Sender<DriverEvent>,
+    report: Report,
     store: Store,
     energy: Integrator,
     started: Instant,
-    online: crate::drivers::Reachability,
     shape: Option<PackShape>,
     identity_sent: bool,
     settings: Map<String, Value>,
@@ -157,11 +162,11 @@ impl Pack {
     }
 
     async fn send(&self, ev: DriverEvent) {
-        let _ = self.events.send(ev).await;
+        self.report.send(ev).await;
     }
 
     async fn set_online(&mut self, online: bool) {
-        self.online.set(&self.events, online).await;
+        self.report.set_online(online).await;
     }
 
     fn save_energy(&mut self) {
@@ -220,11 +225,10 @@ async fn run<C: PackConnector>(
     };
     let mut pack = Pack {
         id: cfg.id.clone(),
-        events,
+        report: Report::new(&cfg.id, events),
         store,
         energy: Integrator::new(counters, MAX_GAP_S),
         started: Instant::now(),
-        online: crate::drivers::Reachability::new(&cfg.id),
         shape: None,
         identity_sent: false,
         settings: Map::new(),
@@ -232,8 +236,9 @@ async fn run<C: PackConnector>(
         last_saved: Instant::now(),
     };
     let configured = Variant::from_config(cfg.variant);
-    let mut backoff = BACKOFF_FIRST;
-    let mut failures: u32 = 0;
+    // Connecting is the "poll": the first failure makes the pack
+    // unavailable, and the pause doubles from BACKOFF_FIRST.
+    let mut health = PollHealth::new(BACKOFF_FIRST, 1, BACKOFF_MAX);
     loop {
         let opened = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -242,40 +247,37 @@ async fn run<C: PackConnector>(
         let link = match opened {
             Ok(link) => link,
             Err(e) => {
-                failures += 1;
-                if failures == 1 || failures.is_power_of_two() {
-                    tracing::warn!(error = %e, failures, "pack not reachable");
-                } else {
-                    tracing::debug!(error = %e, failures, "pack not reachable");
-                }
-                pack.set_online(false).await;
+                let message = e.to_string();
+                let a = health.failed(Failure::Transient, &message);
+                pack.report.failed(&a, &message, PACK_WORDS).await;
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tokio::time::sleep(a.wait) => {}
                 }
-                backoff = (backoff * 2).min(BACKOFF_MAX);
                 continue;
             }
         };
         tracing::info!("connected");
-        failures = 0;
         let (ended, got_data) =
             session(link, &mut pack, configured, &cfg, &mut commands, &shutdown).await;
         pack.energy.break_chain();
         if got_data {
-            backoff = BACKOFF_FIRST;
+            health.succeeded();
         }
-        match ended {
+        let why = match ended {
             Ended::Shutdown => break,
-            Ended::LinkLost => tracing::warn!("link lost; reconnecting"),
-            Ended::Silent => tracing::warn!("no valid frame for 30 s; reconnecting"),
-        }
+            Ended::LinkLost => "link lost; reconnecting",
+            Ended::Silent => "no valid frame for 30 s; reconnecting",
+        };
+        tracing::warn!("{why}");
+        // The pause before the next connect, as after a failed one (the
+        // line above is its log line).
+        let wait = health.failed(Failure::Transient, why).wait;
         pack.set_online(false).await;
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(wait) => {}
         }
-        backoff = (backoff * 2).min(BACKOFF_MAX);
     }
     pack.save_energy();
 }
