@@ -8,12 +8,12 @@ mod support;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use energy2mqtt::sim::deye_model::{InverterModel, ModelConfig, SimTime};
 use energy2mqtt::sim::solarman::SolarmanSim;
 use energy2mqtt::sim::tapo::{Flavour, Load, TapoSim};
 use serde_json::Value;
+use support::balancer_house::*;
 use support::*;
 
 const SERIAL: u32 = 2_712_345_678;
@@ -37,28 +37,7 @@ struct House {
 
 impl House {
     async fn start() -> Self {
-        let sod = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_secs()
-            % 86_400;
-        let mut offset = 3 * 3600 - sod as i64;
-        if offset > 43_200 {
-            offset -= 86_400;
-        } else if offset < -43_200 {
-            offset += 86_400;
-        }
-        let model = InverterModel::new(
-            ModelConfig {
-                base_load_w: 250.0,
-                utc_offset_s: offset as i32,
-                ..ModelConfig::default()
-            },
-            SimTime::from_system_time(SystemTime::now()),
-        );
-        let inverter = SolarmanSim::start(SocketAddr::from(([127, 0, 0, 1], 0)), SERIAL, model)
-            .await
-            .expect("inverter simulator");
+        let inverter = night_inverter(SERIAL).await;
         let plug = |w| async move {
             let p = TapoSim::start(
                 SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -110,31 +89,9 @@ impl House {
     }
 
     fn config(&self) -> String {
+        let head = fast_balancer_config(USER, PASS, &self.inverter, SERIAL, LIMIT_W);
         format!(
-            r#"
-[tapo]
-email = "{USER}"
-password = "{PASS}"
-timeout = "1s"
-
-[[inverter]]
-id = "inverter"
-host = "127.0.0.1"
-port = {inv}
-serial = {SERIAL}
-poll_interval = "1s"
-timeout = "700ms"
-
-[balancer]
-on_grid_w = {LIMIT_W}
-shed_delay = "1s"
-restore_delay = "2s"
-settle_after_shed = "2s"
-settle_after_restore = "2s"
-stale_after = "5s"
-failsafe_after = "30s"
-override_window = "10m"
-
+            r#"{head}
 [[plug]]
 id = "boiler"
 host = "127.0.0.1"
@@ -155,7 +112,6 @@ priority = 20
 min_on = "1s"
 min_off = "1m"
 "#,
-            inv = self.inverter.addr.port(),
             boiler = self.boiler.addr.port(),
             heater = self.heater.addr.port(),
         )
@@ -168,14 +124,6 @@ impl Drop for House {
     }
 }
 
-/// Waits up to 5 s for a plug simulator's relay to reach `on`.
-async fn relay_becomes(plug: &TapoSim, on: bool) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while plug.is_on() != on && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 const TOPICS: &[&str] = &[
     "energy2mqtt/balancer/inverter",
     "energy2mqtt/bridge/event",
@@ -184,20 +132,6 @@ const TOPICS: &[&str] = &[
     "homeassistant/+/balancer_inverter/+/config",
     "homeassistant/select/+/mode/config",
 ];
-
-fn status(m: &Msg) -> bool {
-    m.topic == "energy2mqtt/balancer/inverter"
-}
-
-fn action(kind: &'static str, plug: &'static str) -> impl Fn(&Msg) -> bool {
-    move |m: &Msg| {
-        let v = m.json();
-        m.topic == "energy2mqtt/bridge/event"
-            && v["type"] == "balancer_action"
-            && v["action"] == kind
-            && v["plug"] == plug
-    }
-}
 
 /// Waits for the balancer to have read the house and found it fine.
 async fn wait_idle(client: &mut Client) -> Value {
@@ -274,7 +208,7 @@ async fn overload_sheds_the_lowest_priority_plug_survives_kill9_and_restores_it(
     assert_eq!(shedding["shedding"], true);
     assert_eq!(shedding["shed"][0]["plug"], "boiler");
     assert_eq!(shedding["shed"][0]["reason"], "overload");
-    relay_becomes(&house.boiler, false).await;
+    relay_becomes(|| house.boiler.is_on(), false).await;
     assert!(
         !house.boiler.is_on(),
         "the boiler simulator was switched off"
@@ -323,7 +257,7 @@ async fn overload_sheds_the_lowest_priority_plug_survives_kill9_and_restores_it(
         "restored {waited:?} after the shed, before its min-off"
     );
     assert_eq!(restore["reason"], "restore");
-    relay_becomes(&house.boiler, true).await;
+    relay_becomes(|| house.boiler.is_on(), true).await;
     assert!(house.boiler.is_on(), "the boiler simulator was switched on");
     client
         .expect(Duration::from_secs(10), |m| {
@@ -387,7 +321,7 @@ async fn overload_sheds_the_lowest_priority_plug_survives_kill9_and_restores_it(
         })
         .await
         .expect("the heater's mode is published");
-    relay_becomes(&house.heater, false).await;
+    relay_becomes(|| house.heater.is_on(), false).await;
     assert!(!house.heater.is_on(), "mode off switches the heater off");
     assert!(bridge.is_running(), "{}", bridge.log_text());
 
@@ -420,7 +354,7 @@ async fn a_shed_plug_found_on_after_a_restart_is_an_override_reported_once() {
         .expect(Duration::from_secs(15), action("shed", "boiler"))
         .await
         .expect("the boiler is shed");
-    relay_becomes(&house.boiler, false).await;
+    relay_becomes(|| house.boiler.is_on(), false).await;
     bridge.kill9();
     // While the bridge is down the kettle finishes and someone presses the
     // boiler's button.
@@ -495,7 +429,7 @@ async fn plug_timer_switches_on_and_cancel_switches_off_and_locks_refuse_it() {
         .expect("the timer's minutes are published")
         .json();
     assert!(timed["timer_off_at"].is_string(), "{timed}");
-    relay_becomes(&house.heater, true).await;
+    relay_becomes(|| house.heater.is_on(), true).await;
     assert!(house.heater.is_on(), "a timer switches the plug on now");
     set(r#"{"timer": "cancel"}"#).await;
     client
@@ -504,7 +438,7 @@ async fn plug_timer_switches_on_and_cancel_switches_off_and_locks_refuse_it() {
         })
         .await
         .expect("the timer is gone");
-    relay_becomes(&house.heater, false).await;
+    relay_becomes(|| house.heater.is_on(), false).await;
     assert!(!house.heater.is_on(), "cancel switches the plug off");
     client.drain();
     set(r#"{"mode": "on"}"#).await;

@@ -9,12 +9,12 @@ mod support;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use energy2mqtt::sim::deye_model::{InverterModel, ModelConfig, SimTime};
 use energy2mqtt::sim::shelly::{ShellySim, SimConfig};
 use energy2mqtt::sim::solarman::SolarmanSim;
 use energy2mqtt::sim::tapo::{Flavour, Load, TapoSim};
+use support::balancer_house::*;
 use support::*;
 
 const SERIAL: u32 = 2_712_345_678;
@@ -39,28 +39,7 @@ struct House {
 
 impl House {
     async fn start() -> Self {
-        let sod = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_secs()
-            % 86_400;
-        let mut offset = 3 * 3600 - sod as i64;
-        if offset > 43_200 {
-            offset -= 86_400;
-        } else if offset < -43_200 {
-            offset += 86_400;
-        }
-        let model = InverterModel::new(
-            ModelConfig {
-                base_load_w: 250.0,
-                utc_offset_s: offset as i32,
-                ..ModelConfig::default()
-            },
-            SimTime::from_system_time(SystemTime::now()),
-        );
-        let inverter = SolarmanSim::start(SocketAddr::from(([127, 0, 0, 1], 0)), SERIAL, model)
-            .await
-            .expect("inverter simulator");
+        let inverter = night_inverter(SERIAL).await;
         let boiler = ShellySim::start(
             SocketAddr::from(([127, 0, 0, 1], 0)),
             SimConfig {
@@ -112,31 +91,9 @@ impl House {
     }
 
     fn config(&self) -> String {
+        let head = fast_balancer_config(USER, PASS, &self.inverter, SERIAL, LIMIT_W);
         format!(
-            r#"
-[tapo]
-email = "{USER}"
-password = "{PASS}"
-timeout = "1s"
-
-[[inverter]]
-id = "inverter"
-host = "127.0.0.1"
-port = {inv}
-serial = {SERIAL}
-poll_interval = "1s"
-timeout = "700ms"
-
-[balancer]
-on_grid_w = {LIMIT_W}
-shed_delay = "1s"
-restore_delay = "2s"
-settle_after_shed = "2s"
-settle_after_restore = "2s"
-stale_after = "5s"
-failsafe_after = "30s"
-override_window = "10m"
-
+            r#"{head}
 [[plug]]
 id = "boiler"
 kind = "shelly"
@@ -159,7 +116,6 @@ priority = 20
 min_on = "1s"
 min_off = "1m"
 "#,
-            inv = self.inverter.addr.port(),
             boiler = self.boiler.addr.port(),
             heater = self.heater.addr.port(),
         )
@@ -172,14 +128,6 @@ impl Drop for House {
     }
 }
 
-/// Waits up to 5 s for `is_on` (a plug simulator's relay) to be `on`.
-async fn relay_becomes(is_on: impl Fn() -> bool, on: bool) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while is_on() != on && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 const TOPICS: &[&str] = &[
     "energy2mqtt/balancer/inverter",
     "energy2mqtt/bridge/event",
@@ -188,20 +136,6 @@ const TOPICS: &[&str] = &[
     "homeassistant/+/balancer_inverter/+/config",
     "homeassistant/+/boiler/+/config",
 ];
-
-fn status(m: &Msg) -> bool {
-    m.topic == "energy2mqtt/balancer/inverter"
-}
-
-fn action(kind: &'static str, plug: &'static str) -> impl Fn(&Msg) -> bool {
-    move |m: &Msg| {
-        let v = m.json();
-        m.topic == "energy2mqtt/bridge/event"
-            && v["type"] == "balancer_action"
-            && v["action"] == kind
-            && v["plug"] == plug
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overload_sheds_the_shelly_plug_and_restores_it_when_the_overload_ends() {

@@ -581,4 +581,5 @@ impl Drop for FakePush {
 }
 
 #[cfg(feature = "ble")]
+pub mod balancer_house;
 pub mod fake_bluez;
