@@ -19,9 +19,8 @@ use crate::model::{FieldKind, FieldSpec};
 
 /// Rounded to `decimals`; whole numbers as JSON integers ("280", not
 /// "280.0"); non-finite as null (callers skip those).
-pub fn number(value: f64, decimals: i32) -> Value {
-    let p = 10f64.powi(decimals);
-    let v = (value * p).round() / p;
+pub fn number(value: f64, decimals: u8) -> Value {
+    let v = crate::model::round(value, decimals);
     if !v.is_finite() {
         Value::Null
     } else if v.fract() == 0.0 && v.abs() < 9.0e15 {
@@ -327,7 +326,7 @@ pub fn fields(shape: &PackShape) -> Vec<FieldSpec> {
 }
 
 /// Inserts a number unless it is not finite.
-fn num(m: &mut Map<String, Value>, key: &str, v: f64, decimals: i32) {
+fn num(m: &mut Map<String, Value>, key: &str, v: f64, decimals: u8) {
     let v = number(v, decimals);
     if !v.is_null() {
         m.insert(key.to_owned(), v);
@@ -335,7 +334,7 @@ fn num(m: &mut Map<String, Value>, key: &str, v: f64, decimals: i32) {
 }
 
 /// A number as published: rounded, and absent when not finite.
-fn rounded(v: f64, decimals: i32) -> Option<f64> {
+fn rounded(v: f64, decimals: u8) -> Option<f64> {
     number(v, decimals).as_f64()
 }
 
