@@ -109,6 +109,8 @@ pub enum StateJsonError {
     ValueWithoutKey,
     #[error(transparent)]
     Json(#[from] serde_json::Error),
+    #[error("a state object of 4 GiB or more")]
+    TooLarge,
     #[error("not valid UTF-8: {0}")]
     Utf8(#[from] std::string::FromUtf8Error),
     #[error("{0}")]
@@ -121,11 +123,36 @@ impl ser::Error for StateJsonError {
     }
 }
 
-/// One entry: where its key and its value are in the buffers.
+/// One entry: where its key and its value are in the buffers (as `u32`,
+/// which keeps an entry at 24 bytes for the sort to move; a state object
+/// is a few kilobytes).
 #[derive(Debug, Clone)]
 struct Entry {
-    key: Range<usize>,
-    value: Range<usize>,
+    /// The key's first eight bytes, big-endian, zero-padded: where two
+    /// prefixes differ the keys compare the same way, so most comparisons
+    /// of the sort are one integer comparison (a pack's seventy keys share
+    /// few eight-byte prefixes).
+    prefix: u64,
+    key: (u32, u32),
+    value: (u32, u32),
+}
+
+fn span(r: Range<usize>) -> Result<(u32, u32), StateJsonError> {
+    match (u32::try_from(r.start), u32::try_from(r.end)) {
+        (Ok(start), Ok(end)) => Ok((start, end)),
+        _ => Err(StateJsonError::TooLarge),
+    }
+}
+
+fn range((start, end): (u32, u32)) -> Range<usize> {
+    start as usize..end as usize
+}
+
+/// The key has nothing JSON escapes (a control character, `"`, `\`:
+/// serde_json's escape table has exactly these): it is written as it is,
+/// without serde_json's escaping pass.
+fn plain(key: &str) -> bool {
+    key.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\')
 }
 
 /// The entries of one state object, collected in the order they are given
@@ -182,9 +209,17 @@ impl StateJson {
     ) -> Result<(), StateJsonError> {
         let start = self.values.len();
         v.serialize(&mut serde_json::Serializer::new(&mut self.values))?;
+        let mut prefix = [0u8; 8];
+        for (p, k) in prefix
+            .iter_mut()
+            .zip(self.keys.get(key.clone()).unwrap_or_default().bytes())
+        {
+            *p = k;
+        }
         self.entries.push(Entry {
-            key,
-            value: start..self.values.len(),
+            prefix: u64::from_be_bytes(prefix),
+            key: span(key)?,
+            value: span(start..self.values.len())?,
         });
         Ok(())
     }
@@ -193,31 +228,41 @@ impl StateJson {
     /// (the last one given).
     pub fn finish(mut self) -> Result<String, StateJsonError> {
         let keys = &self.keys;
-        let key = |e: &Entry| keys.get(e.key.clone()).unwrap_or_default();
-        // Values are appended, so a later entry's value starts later: the
-        // second criterion keeps equal keys in the order given, and the
-        // sort need not be stable (no scratch buffer).
-        self.entries
-            .sort_unstable_by(|a, b| key(a).cmp(key(b)).then(a.value.start.cmp(&b.value.start)));
+        let key = |e: &Entry| keys.get(range(e.key)).unwrap_or_default();
+        // Every value is at least one byte and values are appended, so a
+        // later entry's value starts later: the last criterion keeps equal
+        // keys in the order given, and the sort need not be stable (no
+        // scratch buffer).
+        self.entries.sort_unstable_by(|a, b| {
+            a.prefix
+                .cmp(&b.prefix)
+                .then_with(|| key(a).cmp(key(b)))
+                .then(a.value.0.cmp(&b.value.0))
+        });
         let mut out =
             Vec::with_capacity(self.values.len() + self.keys.len() + 4 * self.entries.len() + 2);
         out.push(b'{');
-        let mut first = true;
-        for (i, e) in self.entries.iter().enumerate() {
-            if self
-                .entries
-                .get(i + 1)
-                .is_some_and(|next| key(next) == key(e))
+        let mut entries = self.entries.iter().peekable();
+        while let Some(e) = entries.next() {
+            if entries
+                .peek()
+                .is_some_and(|next| next.prefix == e.prefix && key(next) == key(e))
             {
                 continue;
             }
-            if !first {
+            if out.len() > 1 {
                 out.push(b',');
             }
-            first = false;
-            key(e).serialize(&mut serde_json::Serializer::new(&mut out))?;
+            let k = key(e);
+            if plain(k) {
+                out.push(b'"');
+                out.extend_from_slice(k.as_bytes());
+                out.push(b'"');
+            } else {
+                k.serialize(&mut serde_json::Serializer::new(&mut out))?;
+            }
             out.push(b':');
-            out.extend_from_slice(self.values.get(e.value.clone()).unwrap_or_default());
+            out.extend_from_slice(self.values.get(range(e.value)).unwrap_or_default());
         }
         out.push(b'}');
         Ok(String::from_utf8(out)?)

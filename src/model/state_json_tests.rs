@@ -380,6 +380,47 @@ fn entries_come_out_sorted_and_the_last_of_a_key_wins() {
 }
 
 #[test]
+fn keys_sharing_or_ending_within_eight_bytes_sort_as_the_map_does() {
+    // Prefixes equal over eight bytes, keys shorter than eight bytes
+    // (zero-padded), a key that is a prefix of another, bytes above 0x7f
+    // and the escaped ones.
+    let keys = [
+        "cell_01_voltage",
+        "cell_01_resistance",
+        "cell_01_",
+        "cell_01",
+        "cell_0",
+        "cell",
+        "",
+        "a",
+        "a\u{0}",
+        "a\u{1}b",
+        "a\"",
+        "a\\",
+        "a/",
+        "a\u{7f}",
+        "\u{e9}",
+        "\u{ffff}",
+        "\u{10000}",
+        "zzzzzzzzz",
+        "zzzzzzzz",
+        "zzzzzzzza",
+    ];
+    let mut map = Map::new();
+    let mut w = StateJson::default();
+    for (i, k) in keys.iter().enumerate() {
+        map.insert((*k).to_owned(), json!(i));
+        w.entry(k, &i).expect("entry");
+    }
+    // Again in reverse, over the first ones.
+    for (i, k) in keys.iter().enumerate().rev() {
+        map.insert((*k).to_owned(), json!(i + 100));
+        w.entry(k, &(i + 100)).expect("entry");
+    }
+    assert_eq!(w.finish().expect("written"), Value::Object(map).to_string());
+}
+
+#[test]
 fn what_is_not_an_object_of_string_keys_is_refused() {
     let mut w = StateJson::default();
     assert!(matches!(
