@@ -4,19 +4,28 @@
 //!    values) decoded over and over;
 //! 2. assembler throughput on a junk-laden notification stream (20-byte
 //!    fragments, `AT\r\n` floods, ready records, a corrupt frame in ten);
-//! 3. the session's work per frame (assemble + decode + state object +
-//!    JSON), scaled to two packs streaming at 2 Hz.
+//! 3. the session's work per frame: assemble + decode + the typed reading
+//!    into the registry entry + its state JSON with `last_seen` as the
+//!    bridge publishes it (`DeviceEntry::state_json`), scaled to two packs
+//!    streaming at 2 Hz; beside it the same through a `serde_json::Map`
+//!    and what this section measured up to 3bf35f0 (the map, no
+//!    `last_seen`).
 //!
 //! `cargo bench --bench jkbms_bench`. Figures go to docs/PERFORMANCE.md.
 
 use std::hint::black_box;
 use std::time::Instant;
 
+use energy2mqtt::core::registry::DeviceEntry;
 use energy2mqtt::drivers::jkbms::assembler::Assembler;
 use energy2mqtt::drivers::jkbms::cell_info::{Cell, CellInfo};
 use energy2mqtt::drivers::jkbms::command::ack_record;
 use energy2mqtt::drivers::jkbms::frame::{Frame, Variant};
 use energy2mqtt::drivers::jkbms::{Decoded, StreamDecoder};
+use energy2mqtt::model::{DeviceKind, Reading};
+use energy2mqtt::mqtt::payloads;
+use serde_json::Map;
+use time::OffsetDateTime;
 
 fn frame() -> Frame {
     let mut c = CellInfo::new(Variant::Jk02_32s);
@@ -96,14 +105,88 @@ fn main() {
     );
 
     println!("\n== 3. session work per frame, two packs at 2 Hz ==");
-    let mut a = Assembler::new();
-    let mut decoder = StreamDecoder::new(None);
     let per_frame: Vec<u8> = {
         let mut v = b"AT\r\n".to_vec();
         v.extend_from_slice(f.as_bytes());
         v
     };
+    let seen =
+        OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap_or(OffsetDateTime::UNIX_EPOCH);
+    let mut entry = DeviceEntry {
+        kind: DeviceKind::Bms,
+        name: "pack".into(),
+        online: Some(true),
+        reading: None,
+        annotations: Map::new(),
+        last_seen: None,
+    };
+    // What the session and the bridge do with each frame: the reading
+    // replaces the last one in the registry (`Registry::record`) and
+    // the state with `last_seen` is written for the outbox
+    // (`Bridge::republish_device`).
+    let mut publish = |c: CellInfo, state: fn(&DeviceEntry, OffsetDateTime) -> String| {
+        entry.reading = Some(Reading::Pack(Box::new(c.reading())));
+        entry.last_seen = Some(seen);
+        state(&entry, seen).len()
+    };
+    let written = |e: &DeviceEntry, t| {
+        e.state_json(&payloads::timestamp(t))
+            .unwrap_or_else(|err| panic!("state not written: {err}"))
+    };
+    let through_map = |e: &DeviceEntry, t| payloads::device_state(&e.state(), t);
+    let per = session(&per_frame, |c| publish(c, written));
+    println!(
+        "{:.1} us per frame (16 fragments, decode, reading, state JSON with last_seen written by model::StateJson) => two packs at 2 Hz: {:.4} % of one core",
+        per * 1e6,
+        per * 4.0 * 100.0
+    );
+    let per_map = session(&per_frame, |c| publish(c, through_map));
+    println!(
+        "  for comparison: {:.1} us per frame with the state through a serde_json::Map (Reading::to_state, payloads::device_state)",
+        per_map * 1e6
+    );
+    // Where the time goes: each step alone on one decoded frame.
+    let mut decoder = StreamDecoder::new(None);
+    let Ok(Decoded::CellInfo(c)) = decoder.decode(&f) else {
+        panic!("the bench frame does not decode");
+    };
+    entry.reading = Some(Reading::Pack(Box::new(c.reading())));
+    let steps: [(&str, &dyn Fn() -> usize); 4] = [
+        ("CellInfo::reading", &|| c.reading().cells.len()),
+        ("payloads::timestamp", &|| payloads::timestamp(seen).len()),
+        ("DeviceEntry::state_json", &|| written(&entry, seen).len()),
+        ("DeviceEntry::state + payloads::device_state", &|| {
+            through_map(&entry, seen).len()
+        }),
+    ];
+    for (what, step) in steps {
+        const K: u32 = 100_000;
+        let t = Instant::now();
+        for _ in 0..K {
+            black_box(step());
+        }
+        println!(
+            "  of which {what}: {:.2} us",
+            t.elapsed().as_secs_f64() / f64::from(K) * 1e6
+        );
+    }
+    // 3bf35f0's section 3 measured this (the map, no last_seen).
+    let per_old = session(&per_frame, |c| {
+        serde_json::to_string(&c.to_map()).map_or(0, |s| s.len())
+    });
+    println!(
+        "  for comparison: {:.1} us per frame as 3bf35f0's section 3 measured it (CellInfo::to_map + serde_json::to_string, no last_seen)",
+        per_old * 1e6
+    );
+}
+
+/// Seconds per frame: `M` times, one frame in 20-byte fragments with an
+/// `AT\r\n` before it through a fresh session's assembler and decoder,
+/// then `publish`.
+fn session(per_frame: &[u8], mut publish: impl FnMut(CellInfo) -> usize) -> f64 {
     const M: u32 = 100_000;
+    let mut a = Assembler::new();
+    let mut decoder = StreamDecoder::new(None);
     let t = Instant::now();
     for _ in 0..M {
         let mut got = Vec::new();
@@ -112,15 +195,9 @@ fn main() {
         }
         for fr in got {
             if let Ok(Decoded::CellInfo(c)) = decoder.decode(&fr) {
-                let m = c.to_map();
-                black_box(serde_json::to_string(&m).map(|s| s.len()).unwrap_or(0));
+                black_box(publish(c));
             }
         }
     }
-    let per = t.elapsed().as_secs_f64() / f64::from(M);
-    println!(
-        "{:.1} us per frame (16 fragments, decode, state object, JSON) => two packs at 2 Hz: {:.4} % of one core",
-        per * 1e6,
-        per * 4.0 * 100.0
-    );
+    t.elapsed().as_secs_f64() / f64::from(M)
 }
