@@ -7,9 +7,9 @@
 //! 3. the session's work per frame: assemble + decode + the typed reading
 //!    into the registry entry + its state JSON with `last_seen` as the
 //!    bridge publishes it (`DeviceEntry::state_json`), scaled to two packs
-//!    streaming at 2 Hz; beside it the same through a `serde_json::Map`
-//!    and what this section measured up to 3bf35f0 (the map, no
-//!    `last_seen`).
+//!    streaming at 2 Hz; beside it the same through a `serde_json::Map`,
+//!    each step timed alone, and what this section measured up to 3bf35f0
+//!    (the map, no `last_seen`).
 //!
 //! `cargo bench --bench jkbms_bench`. Figures go to docs/PERFORMANCE.md.
 
@@ -181,8 +181,8 @@ fn main() {
 }
 
 /// Seconds per frame: `M` times, one frame in 20-byte fragments with an
-/// `AT\r\n` before it through a fresh session's assembler and decoder,
-/// then `publish`.
+/// `AT\r\n` before it through one session's assembler and decoder, then
+/// `publish`.
 fn session(per_frame: &[u8], mut publish: impl FnMut(CellInfo) -> usize) -> f64 {
     const M: u32 = 100_000;
     let mut a = Assembler::new();
