@@ -103,6 +103,9 @@ impl Assembler {
     /// Adds one notification. Drain [`Self::next_frame`] until `None` after
     /// every push: if more than [`MAX_BUFFER`] bytes pile up, the oldest go
     /// (counted as junk). [`Self::feed`] does both for input of any size.
+    // Inlined into `feed`: at HEAD thin LTO stopped doing so and the
+    // assembler lost 10-15 % (docs/PERFORMANCE.md).
+    #[inline]
     pub fn push(&mut self, bytes: &[u8]) {
         let mut bytes = bytes;
         let overflow = (self.buf.len() + bytes.len()).saturating_sub(MAX_BUFFER);
