@@ -39,7 +39,16 @@ if [ ! -x "$VENV/bin/python" ]; then
     "$(find_python)" -m venv "$VENV" >&2
 fi
 # Only the python path goes to stdout (.ci/run captures it).
-pip() { "$VENV/bin/python" -m pip install -q --disable-pip-version-check "$@" >&2; }
+# Three tries: a connection reset by PyPI once failed a CI run here.
+pip() {
+    local n
+    for n in 1 2 3; do
+        "$VENV/bin/python" -m pip install -q --disable-pip-version-check --retries 10 "$@" >&2 && return 0
+        [ "$n" = 3 ] && return 1
+        echo "pip install failed (try $n of 3), again in $((n * 10)) s" >&2
+        sleep $((n * 10))
+    done
+}
 pip "homeassistant==$HA_VERSION"
 # The integrations' own requirements, from their manifests (pinned there).
 reqs_text="$("$VENV/bin/python" tests/ha/requirements.py)"
