@@ -30,7 +30,7 @@ fn opts(mac: &str) -> BleOptions {
     BleOptions {
         scan_timeout: Duration::from_secs(5),
         connect_timeout: Duration::from_secs(5),
-        stagger: Duration::from_millis(100),
+        failure_pause: Duration::from_millis(100),
         ..BleOptions::parse(mac).expect("mac")
     }
 }
@@ -240,6 +240,9 @@ async fn packs_connect_one_at_a_time_and_a_silent_one_blocks_nobody() {
         async move {
             let o = BleOptions {
                 scan_timeout: scan,
+                // Longer than the silent pack's scan: the second pack must
+                // not wait for it after a successful connect (issue 15).
+                failure_pause: Duration::from_secs(3),
                 ..opts(mac)
             };
             let r = BleLink::connect(&session, &o).await;
@@ -255,7 +258,7 @@ async fn packs_connect_one_at_a_time_and_a_silent_one_blocks_nobody() {
     let b = b.expect("pack B connects");
     assert!(
         a_at < silent_timeout && b_at < silent_timeout,
-        "A and B waited for the silent pack: {a_at:?} {b_at:?}"
+        "A and B waited for the silent pack or a pause: {a_at:?} {b_at:?}"
     );
     match c {
         Err(BleError::NotFound { mac, waited }) => {

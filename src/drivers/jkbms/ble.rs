@@ -59,8 +59,10 @@ pub struct BleOptions {
     /// discovery (each).
     pub connect_timeout: Duration,
     /// How long [`connect_gate`] stays closed after this pack's connection
-    /// attempt, so the next pack's attempt does not follow at once.
-    pub stagger: Duration,
+    /// attempt *failed*, so a struggling adapter is not handed the next
+    /// pack's attempt at once. After a success the gate opens as soon as
+    /// the link is up: BlueZ still never sees two connects at once.
+    pub failure_pause: Duration,
 }
 
 impl BleOptions {
@@ -70,7 +72,7 @@ impl BleOptions {
             pair: false,
             scan_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(20),
-            stagger: Duration::from_secs(2),
+            failure_pause: Duration::from_secs(2),
         }
     }
 
@@ -160,8 +162,8 @@ pub async fn open_session() -> Result<Session, BleError> {
 
 /// BlueZ answers `InProgress` to overlapping connection attempts and some
 /// adapters wedge under them (spec §13.2): every [`BleLink::connect`] holds
-/// this lock from its `Connect` until the link is ready, plus
-/// [`BleOptions::stagger`]. Scanning happens outside it, so a pack that
+/// this lock from its `Connect` until the link is ready (plus
+/// [`BleOptions::failure_pause`] when the attempt failed). Scanning happens outside it, so a pack that
 /// never shows up does not hold up the others.
 pub fn connect_gate() -> &'static tokio::sync::Mutex<()> {
     static GATE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -209,11 +211,17 @@ impl BleLink {
             // Leave nothing half-open: a connected BMS refuses everybody else.
             let _ = timeout(DISCONNECT_TIMEOUT, device.disconnect()).await;
         }
-        let stagger = opts.stagger;
-        tokio::spawn(async move {
-            sleep(stagger).await;
+        if result.is_ok() {
+            // The next pack connects as soon as this one is up (issue 15:
+            // a fixed 2 s pause put the second pack's first state at 3.5 s).
             drop(guard);
-        });
+        } else {
+            let pause = opts.failure_pause;
+            tokio::spawn(async move {
+                sleep(pause).await;
+                drop(guard);
+            });
+        }
         let (writer, write_op, reader) = result?;
         tracing::info!(
             mac = %opts.mac,
