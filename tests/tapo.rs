@@ -537,3 +537,56 @@ async fn the_control_state_is_saved_and_a_failing_save_is_reported_once() {
     );
     assert_eq!(third.terminate(), Some(0));
 }
+
+/// Issue 15: a metering plug's poll is one multipleRequest (device info
+/// with power, or with the energy counters every sixth poll), not one
+/// request per getter; a P100 gets its device info alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poll_is_one_request() {
+    let broker = Broker::start(BrokerKind::Embedded);
+    let boiler = plug(Flavour::P110, Load::Constant { watts: 800.0 }).await;
+    let lamp = plug(Flavour::P100, Load::Constant { watts: 60.0 }).await;
+    let toml = config(&format!(
+        "{}{}",
+        plug_toml("boiler", boiler.addr.port(), ""),
+        plug_toml("lamp", lamp.addr.port(), "")
+    ));
+    let mut client =
+        Client::connect(broker.port, &["energy2mqtt/boiler", "energy2mqtt/lamp"]).await;
+    let _bridge = Bridge::start(&broker.url(), &toml, &[]);
+    for id in ["boiler", "lamp"] {
+        client
+            .expect(Duration::from_secs(10), state_of(id))
+            .await
+            .unwrap_or_else(|| panic!("{id} state"));
+    }
+    // Counted from one published state to another, so every poll in
+    // between is complete; 8 polls cover an energy read.
+    for (id, sim) in [("boiler", &boiler), ("lamp", &lamp)] {
+        client.drain();
+        client
+            .expect(Duration::from_secs(3), state_of(id))
+            .await
+            .unwrap_or_else(|| panic!("{id} state"));
+        let before = sim.requests();
+        let mut states = 0;
+        let mut energy = false;
+        while states < 8 {
+            let s = client
+                .expect(Duration::from_secs(3), state_of(id))
+                .await
+                .unwrap_or_else(|| panic!("{id}: state {states}"))
+                .json();
+            energy |= s.get("energy_today").is_some();
+            states += 1;
+        }
+        let requests = sim.requests() - before;
+        assert_eq!(
+            requests, states,
+            "{id}: {requests} HTTP requests for {states} polls"
+        );
+        if id == "boiler" {
+            assert!(energy, "the P110's energy counters are still read");
+        }
+    }
+}

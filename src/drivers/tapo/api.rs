@@ -241,7 +241,11 @@ pub type BatchEntry = (String, Result<Value, ApiError>);
 /// P100 that dislikes batches) fails the whole call so the caller can fall
 /// back to single requests.
 pub fn parse_multiple(body: &[u8]) -> Result<Vec<BatchEntry>, ApiError> {
-    let result = parse_response(body)?;
+    batch_entries(&parse_response(body)?)
+}
+
+/// The entries of a multipleRequest's `result` (see [`parse_multiple`]).
+pub fn batch_entries(result: &Value) -> Result<Vec<BatchEntry>, ApiError> {
     let responses = match result.get("responses") {
         None => return Err(ApiError::MissingField("responses")),
         Some(Value::Array(a)) => a,

@@ -12,7 +12,7 @@ use reqwest::header::{CONTENT_LENGTH, COOKIE, SET_COOKIE};
 use serde_json::Value;
 use tokio::time::Instant;
 
-use super::api::{self, ApiError, DeviceInfo, EnergyUsage, ErrorClass};
+use super::api::{self, ApiError, BatchEntry, DeviceInfo, EnergyUsage, ErrorClass};
 use super::klap::{self, Session};
 
 /// Bodies above this are refused: a plug's answers are a few kB.
@@ -367,6 +367,14 @@ impl PlugClient {
             now_ms(),
         );
         self.call(&req).await.map(|_| ())
+    }
+
+    /// Several parameterless getters in one multipleRequest, so a poll is
+    /// one round trip; each entry carries its own result or device error.
+    pub async fn get_many(&mut self, methods: &[&str]) -> Result<Vec<BatchEntry>, TapoError> {
+        let req = api::multiple_request(methods, now_ms());
+        let result = self.call(&req).await?;
+        Ok(api::batch_entries(&result)?)
     }
 
     /// `None` on plugs without metering (P100): they answer "unknown

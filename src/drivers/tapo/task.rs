@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::api::{DeviceInfo, EnergyUsage};
+use super::api::{self, ApiError, DeviceInfo, EnergyUsage, ErrorClass};
 use super::client::{PlugClient, TapoError};
 use crate::drivers::health::Failure;
 use crate::drivers::plug_loop::{self, PlugDevice, Polling, Report, field};
@@ -125,6 +125,8 @@ struct Plug {
     metering: Option<bool>,
     /// The last known relay state, for TOGGLE.
     device_on: Option<bool>,
+    /// Whether the plug takes multipleRequest (`None` until it was tried).
+    batches: Option<bool>,
 }
 
 impl Plug {
@@ -140,34 +142,148 @@ impl Plug {
             polls: 0,
             metering: None,
             device_on: None,
+            batches: None,
         }
+    }
+}
+
+/// What the poll asks of a metering plug besides its device info.
+#[derive(Debug, Clone, Copy)]
+enum Meter {
+    /// get_energy_usage: power and the energy counters.
+    Energy,
+    /// get_current_power: power only, between two energy reads.
+    Power,
+}
+
+impl Meter {
+    fn method(self) -> &'static str {
+        match self {
+            Self::Energy => "get_energy_usage",
+            Self::Power => "get_current_power",
+        }
+    }
+}
+
+/// What a poll learnt of the meter.
+enum Metered {
+    Energy(EnergyUsage),
+    Power(f64),
+    /// The plug answered "unknown method": it has no meter (P100).
+    Unmetered,
+    /// The meter was not asked (a plug known to have none).
+    NotAsked,
+}
+
+impl Plug {
+    /// Device info and `meter` in one request.
+    async fn poll_batch(&mut self, meter: Meter) -> Result<(DeviceInfo, Metered), TapoError> {
+        let entries = self
+            .client
+            .get_many(&["get_device_info", meter.method()])
+            .await?;
+        self.batches = Some(true);
+        let entry = |name: &str| {
+            entries
+                .iter()
+                .find(|(m, _)| m == name)
+                .map(|(_, r)| r)
+                .ok_or_else(|| {
+                    TapoError::Protocol(format!("the multipleRequest reply has no {name}"))
+                })
+        };
+        let info = match entry("get_device_info")? {
+            Ok(v) => api::parse_device_info(v)?,
+            Err(e) => return Err(e.clone().into()),
+        };
+        let metered = match (meter, entry(meter.method())?) {
+            (
+                Meter::Energy,
+                Err(ApiError::Device {
+                    class: ErrorClass::UnknownMethod,
+                    ..
+                }),
+            ) => Metered::Unmetered,
+            // Some models answer energy but not current power: the meter
+            // is there, this read just has no value.
+            (
+                Meter::Power,
+                Err(ApiError::Device {
+                    class: ErrorClass::UnknownMethod,
+                    ..
+                }),
+            ) => Metered::NotAsked,
+            (_, Err(e)) => return Err(e.clone().into()),
+            (Meter::Energy, Ok(v)) => Metered::Energy(api::parse_energy_usage(v)?),
+            (Meter::Power, Ok(v)) => Metered::Power(api::parse_current_power(v)?),
+        };
+        Ok((info, metered))
+    }
+
+    /// The same with one request each (a P100 asks only for device info).
+    async fn poll_single(&mut self, meter: Meter) -> Result<(DeviceInfo, Metered), TapoError> {
+        let info = self.client.get_device_info().await?;
+        let unmetered_model = info.model.as_deref().is_some_and(super::is_unmetered);
+        if self.metering == Some(false) || unmetered_model {
+            return Ok((info, Metered::NotAsked));
+        }
+        let metered = match meter {
+            Meter::Energy => self
+                .client
+                .get_energy_usage()
+                .await?
+                .map_or(Metered::Unmetered, Metered::Energy),
+            Meter::Power => self
+                .client
+                .get_current_power()
+                .await?
+                .map_or(Metered::NotAsked, Metered::Power),
+        };
+        Ok((info, metered))
     }
 }
 
 impl PlugDevice for Plug {
     type Error = TapoError;
 
-    /// Reads the plug (state always, power/energy when it meters).
+    /// Reads the plug (state always, power/energy when it meters): one
+    /// multipleRequest on a metering plug, a plain get_device_info on a
+    /// P100 or on firmware that refuses batches.
     async fn poll(&mut self, report: &mut Report) -> Result<PlugReading, TapoError> {
-        let info = self.client.get_device_info().await?;
+        let energy_due = self.polls.is_multiple_of(ENERGY_EVERY) || self.metering.is_none();
+        let meter = if energy_due {
+            Meter::Energy
+        } else {
+            Meter::Power
+        };
+        let (info, metered) = if self.metering != Some(false) && self.batches != Some(false) {
+            match self.poll_batch(meter).await {
+                Ok(got) => got,
+                Err(TapoError::Api(ApiError::Device { code, .. })) if self.batches.is_none() => {
+                    tracing::info!(
+                        code,
+                        "the plug refuses multipleRequest: polling with single requests"
+                    );
+                    self.batches = Some(false);
+                    self.poll_single(meter).await?
+                }
+                Err(e) => return Err(e),
+            }
+        } else {
+            self.poll_single(meter).await?
+        };
         self.device_on = Some(info.device_on);
         let mut reading = info_reading(&info);
         let metering_model = info.model.as_deref().map(|m| !super::is_unmetered(m));
-        if self.metering != Some(false) && metering_model != Some(false) {
-            let energy_due = self.polls.is_multiple_of(ENERGY_EVERY) || self.metering.is_none();
-            if energy_due {
-                match self.client.get_energy_usage().await? {
-                    Some(e) => {
-                        self.metering = Some(true);
-                        energy_reading(&e, &mut reading);
-                    }
-                    None => self.metering = Some(false),
-                }
-            } else if let Some(p) = self.client.get_current_power().await? {
-                reading.power_w = Some(p);
+        match metered {
+            _ if metering_model == Some(false) => self.metering = Some(false),
+            Metered::Unmetered => self.metering = Some(false),
+            Metered::Energy(e) => {
+                self.metering = Some(true);
+                energy_reading(&e, &mut reading);
             }
-        } else {
-            self.metering = Some(false);
+            Metered::Power(p) => reading.power_w = Some(p),
+            Metered::NotAsked => {}
         }
         self.polls = self.polls.wrapping_add(1);
         report.identified(identity(&info)).await;
