@@ -96,6 +96,10 @@ pub async fn run_with(
     let mut conn = Connection::start_with(options, config.mqtt.reconnect_max, outbox);
     let (driver_tx, mut driver_rx) = mpsc::channel::<DriverEvent>(256);
     let drivers = spawn_drivers(&config, &driver_tx, &shutdown, &packs);
+    // Without any device there is nothing for the control step to time
+    // (no timers, balancer or alerts): the idle bridge then sleeps until
+    // the broker or the 60 s statistics wake it (issue 15).
+    let control_needed = !drivers.is_empty();
     let mut bridge = Bridge::new(config, topics, conn.outbox.clone(), conn.client.clone());
     bridge.drivers = drivers;
     bridge.incoming_dropped = conn.incoming_dropped.clone();
@@ -153,7 +157,7 @@ pub async fn run_with(
             _ = sleep_until(gc_deadline), if gc_deadline.is_some() => bridge.finish_cleanup().await,
             _ = sleep_until(birth_deadline), if birth_deadline.is_some() => bridge.on_ha_birth(),
             _ = stats_tick.tick() => bridge.publish_bridge_state(),
-            _ = control_tick.tick() => bridge.control_step(),
+            _ = control_tick.tick(), if control_needed => bridge.control_step(),
         }
     };
     if let Some(refusal) = refused {

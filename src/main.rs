@@ -133,15 +133,9 @@ fn scan(duration: &str) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime(Threads::One) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("energy2mqtt: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let found = runtime.block_on(async {
         let session = ble::open_session().await?;
@@ -377,16 +371,17 @@ fn serve(cli: &Cli, mut config: Config, mode: Mode) -> ExitCode {
         eprintln!("energy2mqtt: {e}");
         return ExitCode::from(2);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    // The bridge alone waits on a few sockets and one timer: one thread
+    // does that with fewer wake-ups and less memory (issue 15). The demo's
+    // simulators and the broker-only mode keep two workers.
+    let threads = if mode == Mode::Bridge {
+        Threads::One
+    } else {
+        Threads::Two
+    };
+    let runtime = match runtime(threads) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("energy2mqtt: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let result = runtime.block_on(async move {
         let shutdown = CancellationToken::new();
@@ -417,6 +412,29 @@ fn serve(cli: &Cli, mut config: Config, mode: Mode) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Threads {
+    One,
+    Two,
+}
+
+/// The tokio runtime, or the exit code when it cannot start.
+fn runtime(threads: Threads) -> Result<tokio::runtime::Runtime, ExitCode> {
+    let built = match threads {
+        Threads::One => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        Threads::Two => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build(),
+    };
+    built.map_err(|e| {
+        eprintln!("energy2mqtt: cannot start the runtime: {e}");
+        ExitCode::FAILURE
+    })
 }
 
 /// Ctrl-C, or SIGTERM from `docker stop` / systemd.

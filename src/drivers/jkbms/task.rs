@@ -169,10 +169,16 @@ impl Pack {
         self.report.set_online(online).await;
     }
 
-    fn save_energy(&mut self) {
+    /// On the blocking pool: the write ends in an fsync, and `run` drives
+    /// every device from one thread.
+    async fn save_energy(&mut self) {
         self.last_saved = Instant::now();
-        if let Err(e) = self.store.save(&self.store_key(), &self.energy.counters) {
-            tracing::warn!(error = %e, "energy counters not saved");
+        let (store, key, counters) = (self.store.clone(), self.store_key(), self.energy.counters);
+        let saved = tokio::task::spawn_blocking(move || store.save(&key, &counters)).await;
+        match saved {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "energy counters not saved"),
+            Err(e) => tracing::warn!(error = %e, "energy counters not saved"),
         }
     }
 
@@ -196,7 +202,7 @@ impl Pack {
         })
         .await;
         if self.last_saved.elapsed() >= SAVE_EVERY {
-            self.save_energy();
+            self.save_energy().await;
         }
     }
 }
@@ -279,7 +285,7 @@ async fn run<C: PackConnector>(
             _ = tokio::time::sleep(wait) => {}
         }
     }
-    pack.save_energy();
+    pack.save_energy().await;
 }
 
 /// One connected session; returns why it ended and whether any valid frame
