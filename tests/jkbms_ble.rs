@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use bluer::{ErrorKind, Session};
 use energy2mqtt::drivers::jkbms::ble::{self, BleError, BleLink, BleOptions, Seen};
+use energy2mqtt::sim::jkbms::{SimPack, cell_frames, device_info_frame};
 use support::fake_bluez::{
     FakeBluez, Generation, READY_RECORD, WriteRecord, jkbms_vectors, vector_frame,
 };
@@ -518,4 +519,55 @@ fn fake_serves_start_notify_subscribers_too() {
     assert!(!fake.is_subscribed(PACK_A));
     call(dev, "org.bluez.Device1", "Disconnect").expect("Disconnect");
     assert!(!fake.is_connected(PACK_A));
+}
+
+/// The session reads a frame's notifications together (issue 15: one
+/// wake-up per burst, not per 20-byte notification): the bytes are the
+/// notifications in order, and far fewer reads than notifications.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_notifications_is_read_in_one_go() {
+    let Some(fake) = FakeBluez::exclusive() else {
+        return;
+    };
+    let session = Session::new().await.expect("bluer session");
+    let pack = SimPack::default();
+    let frames = cell_frames(&pack, 3, Duration::from_millis(500));
+    fake.add_pack(
+        PACK_C,
+        "JK_B2A16S20P",
+        Generation::OneCharacteristic,
+        true,
+        false,
+    );
+    fake.set_responses(PACK_C, 0x97, vec![device_info_frame(&pack)]);
+    fake.set_responses(PACK_C, 0x96, frames.clone());
+    fake.set_stream_interval(PACK_C, Duration::from_millis(150));
+    let mut link = BleLink::connect(&session, &opts(PACK_C))
+        .await
+        .expect("connect");
+    let before = fake.notifications_delivered(PACK_C);
+    link.write(&command(0x96)).await.expect("write 0x96");
+    let (mut bytes, mut reads) = (Vec::new(), 0u64);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !frames.iter().all(|f| count(&bytes, f) >= 1) {
+        match tokio::time::timeout_at(deadline, link.recv_burst()).await {
+            Ok(Some(b)) => {
+                assert!(!b.is_empty(), "a read returns at least one notification");
+                reads += 1;
+                bytes.extend_from_slice(&b);
+            }
+            Ok(None) => panic!("link lost while receiving"),
+            Err(_) => panic!("not all three frames within 5 s ({} bytes)", bytes.len()),
+        }
+    }
+    let delivered = fake.notifications_delivered(PACK_C) - before;
+    assert!(
+        delivered >= 45,
+        "three 300-byte frames are at least 45 notifications, the fake counted {delivered}"
+    );
+    assert!(
+        reads * 4 <= delivered,
+        "{reads} reads for {delivered} notifications: the burst was not read together"
+    );
+    link.disconnect().await;
 }

@@ -13,6 +13,8 @@
 //! D-Bus message per notification, and bluetoothd closes the socket when the
 //! link goes, which is how [`BleLink::recv`] learns of a link loss.
 
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bluer::agent::{Agent, AgentHandle};
@@ -24,6 +26,7 @@ use bluer::{
 };
 use serde::Serialize;
 use thiserror::Error;
+use tokio::io::{AsyncRead, ReadBuf};
 use tokio::time::{Instant, sleep, timeout};
 
 /// The JK service (16-bit `0xFFE0`).
@@ -41,6 +44,17 @@ const SEEN_POLL: Duration = Duration::from_millis(100);
 /// whether the link is still up (a safety net; the closed notify socket is
 /// the normal signal).
 const LINK_CHECK: Duration = Duration::from_secs(2);
+/// After the first notification of a burst, how long the rest of it may
+/// arrive before [`BleLink::recv`] reads: a 300-byte frame comes as about
+/// fifteen 20-byte notifications within a few connection intervals, and
+/// reading them together is one wake-up instead of fifteen (issue 15). A
+/// frame is then at most this much later, against a 1 s publish interval.
+const BURST: Duration = Duration::from_millis(40);
+/// The most bytes one [`BleLink::recv`] returns; the assembler holds 4 KiB.
+const BURST_BYTES: usize = 2048;
+/// The scratch buffer's size when BlueZ reports a smaller MTU: the ATT
+/// maximum, so no notification is ever cut.
+const MIN_SCRATCH: usize = 517;
 /// Writes are 20-byte commands; BlueZ's own D-Bus timeout is 120 s, far too
 /// long to notice a wedged link.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -178,6 +192,10 @@ pub struct BleLink {
     write_op: WriteOp,
     /// `None` once the link is known to be gone.
     reader: Option<CharacteristicReader>,
+    /// bluetoothd closed the notify socket after the bytes last returned.
+    closed: bool,
+    /// One notification at a time is read into this (an MTU long).
+    scratch: Box<[u8]>,
 }
 
 impl std::fmt::Debug for BleLink {
@@ -234,7 +252,9 @@ impl BleLink {
             device,
             writer,
             write_op,
+            scratch: vec![0; reader.mtu().max(MIN_SCRATCH)].into_boxed_slice(),
             reader: Some(reader),
+            closed: false,
         })
     }
 
@@ -266,6 +286,9 @@ impl BleLink {
     /// from then on). Cancel-safe: nothing is lost when the future is
     /// dropped before it completes.
     pub async fn recv(&mut self) -> Option<Vec<u8>> {
+        if self.closed {
+            return self.lost();
+        }
         loop {
             let reader = self.reader.as_ref()?;
             let got = tokio::select! {
@@ -284,8 +307,58 @@ impl BleLink {
                 }
             }
         }
-        tracing::info!(mac = %self.mac, "JK-BMS link lost");
-        self.reader = None;
+        self.lost()
+    }
+
+    /// The bytes of every notification that has come, at least one's,
+    /// read together once the burst has had [`BURST`] to arrive (the
+    /// session's reader: one wake-up per burst instead of one per
+    /// notification); `None` once the link is gone (and from then on).
+    /// Cancel-safe: nothing is taken from the socket before the last
+    /// await, so nothing is lost when the future is dropped before it
+    /// completes.
+    pub async fn recv_burst(&mut self) -> Option<Vec<u8>> {
+        while !self.closed {
+            let reader = self.reader.as_ref()?;
+            let readable = tokio::select! {
+                r = reader.recvable() => Some(r.is_ok()),
+                () = sleep(LINK_CHECK) => None,
+            };
+            match readable {
+                Some(true) => {
+                    sleep(BURST).await;
+                    let Some(reader) = self.reader.as_mut() else {
+                        break;
+                    };
+                    match drain(reader, &mut self.scratch) {
+                        Drained::Bytes(bytes) => return Some(bytes),
+                        Drained::Closed(bytes) => {
+                            self.closed = true;
+                            if !bytes.is_empty() {
+                                return Some(bytes);
+                            }
+                            break;
+                        }
+                        // Readiness without a datagram: wait again.
+                        Drained::Nothing => {}
+                    }
+                }
+                // The socket broke: the link is over.
+                Some(false) => break,
+                None => {
+                    if !matches!(self.device.is_connected().await, Ok(true)) {
+                        break;
+                    }
+                }
+            }
+        }
+        self.lost()
+    }
+
+    fn lost(&mut self) -> Option<Vec<u8>> {
+        if self.reader.take().is_some() {
+            tracing::info!(mac = %self.mac, "JK-BMS link lost");
+        }
         None
     }
 
@@ -299,6 +372,39 @@ impl BleLink {
             Ok(Err(e)) => tracing::debug!(mac = %self.mac, error = %e, "JK-BMS disconnect"),
             Err(_) => tracing::warn!(mac = %self.mac, "JK-BMS disconnect got no answer from BlueZ"),
         }
+    }
+}
+
+/// What one read of the queued notifications found.
+enum Drained {
+    Bytes(Vec<u8>),
+    /// bluetoothd closed the socket (a read of 0 bytes) or it broke, after
+    /// these bytes.
+    Closed(Vec<u8>),
+    Nothing,
+}
+
+/// Every notification already queued on the socket, up to [`BURST_BYTES`],
+/// without waiting; read through `scratch` (at least an MTU, so bluer
+/// receives straight into it instead of allocating for each notification).
+fn drain(reader: &mut CharacteristicReader, scratch: &mut [u8]) -> Drained {
+    let mut bytes = Vec::with_capacity(BURST_BYTES + scratch.len());
+    // Polled once each with a waker that does nothing: `recv` waits for
+    // readiness itself, with a real one.
+    let mut cx = Context::from_waker(Waker::noop());
+    while bytes.len() < BURST_BYTES {
+        let mut buf = ReadBuf::new(scratch);
+        match Pin::new(&mut *reader).poll_read(&mut cx, &mut buf) {
+            Poll::Ready(Ok(())) if buf.filled().is_empty() => return Drained::Closed(bytes),
+            Poll::Ready(Ok(())) => bytes.extend_from_slice(buf.filled()),
+            Poll::Ready(Err(_)) => return Drained::Closed(bytes),
+            Poll::Pending => break,
+        }
+    }
+    if bytes.is_empty() {
+        Drained::Nothing
+    } else {
+        Drained::Bytes(bytes)
     }
 }
 

@@ -21,7 +21,9 @@ pub trait PackConnector: Send + Sync + 'static {
 /// One open link to one pack.
 pub trait PackLink: Send + 'static {
     fn write(&mut self, frame: &[u8]) -> impl Future<Output = Result<(), LinkError>> + Send;
-    /// The next notification; `None` once the link is gone.
+    /// The bytes of the next notification, or of several that came
+    /// together, in order (the assembler takes a byte stream); `None` once
+    /// the link is gone.
     fn recv(&mut self) -> impl Future<Output = Option<Vec<u8>>> + Send;
     /// Releases the pack (so the phone app can connect).
     fn disconnect(self) -> impl Future<Output = ()> + Send;
@@ -72,7 +74,7 @@ mod bluez {
         }
 
         async fn recv(&mut self) -> Option<Vec<u8>> {
-            BleLink::recv(self).await
+            BleLink::recv_burst(self).await
         }
 
         async fn disconnect(self) {

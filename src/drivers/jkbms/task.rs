@@ -302,6 +302,7 @@ async fn session<L: PackLink>(
     let mut decoder = StreamDecoder::new(configured);
     let mut latest: Option<CellInfo> = None;
     let mut fresh = false;
+    let mut published = false;
     let mut got_data = false;
     let mut last_valid = Instant::now();
     let mut resent = false;
@@ -347,8 +348,19 @@ async fn session<L: PackLink>(
                             if let Some(p) = info.power() {
                                 pack.energy.add(pack.started.elapsed().as_secs_f64(), p);
                             }
+                            // The session's first sample goes out at once,
+                            // not at the next tick up to a second later: a
+                            // pack that just connected is complete sooner
+                            // (issue 15).
+                            if !published {
+                                published = true;
+                                pack.publish(&info, assembler.stats()).await;
+                                tick.reset();
+                                fresh = false;
+                            } else {
+                                fresh = true;
+                            }
                             latest = Some(info);
-                            fresh = true;
                         }
                         Ok(Decoded::DeviceInfo(di)) => {
                             last_valid = Instant::now();
