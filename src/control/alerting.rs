@@ -31,8 +31,15 @@ impl Control {
             balancer_failsafe: failsafe,
         };
         let outcome = alerts::evaluate(&inputs, &self.rules, &self.alert_state, now);
-        self.alert_state = outcome.state.clone();
-        for e in &outcome.events {
+        let alerts::Outcome {
+            events,
+            active,
+            state,
+            changed,
+        } = outcome;
+        self.alert_state = state;
+        let any_event = !events.is_empty();
+        for e in events {
             let span = tracing::info_span!("alert", device = %e.device);
             let _enter = span.enter();
             match e.kind {
@@ -43,14 +50,14 @@ impl Control {
                     tracing::info!(rule = %e.rule, "cleared: {}", e.message)
                 }
             }
-            out.push(Output::AlertEvent(e.clone()));
+            out.push(Output::AlertEvent(e));
         }
-        let view = self.alerts_view(&outcome.active);
-        if self.alerts_published.as_ref() != Some(&view) {
+        if !self.alerts_unchanged(&active) {
+            let view = self.alerts_view(active);
             self.alerts_published = Some(view.clone());
             out.push(Output::Alerts(view));
         }
-        outcome.changed || !outcome.events.is_empty()
+        changed || any_event
     }
 
     /// Threshold edits, validated as a whole before any is applied; kept

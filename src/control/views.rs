@@ -144,18 +144,28 @@ impl Event {
 }
 
 impl Control {
-    pub(super) fn alerts_view(&self, active: &[alerts::ActiveAlert]) -> AlertsView {
+    pub(super) fn alerts_view(&self, active: Vec<alerts::ActiveAlert>) -> AlertsView {
         AlertsView {
-            active: active.to_vec(),
+            active,
             thresholds: self.thresholds(),
         }
     }
 
+    /// Whether `active` and today's thresholds are what was last handed
+    /// out, without building the view (this runs every second).
+    pub(super) fn alerts_unchanged(&self, active: &[alerts::ActiveAlert]) -> bool {
+        self.alerts_published.as_ref().is_some_and(|p| {
+            p.active.as_slice() == active
+                && p.thresholds.iter().copied().eq(self.threshold_values())
+        })
+    }
+
     pub(super) fn thresholds(&self) -> Vec<(&'static str, f64)> {
-        self.rules
-            .iter()
-            .filter_map(|r| Some((r.id, r.threshold?)))
-            .collect()
+        self.threshold_values().collect()
+    }
+
+    pub(super) fn threshold_values(&self) -> impl Iterator<Item = (&'static str, f64)> + '_ {
+        self.rules.iter().filter_map(|r| Some((r.id, r.threshold?)))
     }
 
     /// The plug attributes that changed since they were last handed out.

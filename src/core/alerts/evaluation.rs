@@ -20,11 +20,24 @@ pub fn evaluate(inputs: &Inputs, rules: &Rules, state: &AlertState, now: Timesta
             switch_off(rule, &mut next, now, &mut events);
             continue;
         }
-        let slots = next.slots.entry(rule.id.to_owned()).or_default();
         for t in targets(rule.check, inputs) {
             let obs = observe(rule, &t);
-            let slot = slots.entry(t.id.to_owned()).or_default();
-            step(rule, &t, obs, slot, now, may_raise, &mut events);
+            // A (rule, device) pair with nothing going on has no slot, and
+            // one is made only when the step leaves something in it: this
+            // runs for every rule and device every second, and most of
+            // them are quiet.
+            if let Some(slot) = next.slots.get_mut(rule.id).and_then(|s| s.get_mut(t.id)) {
+                step(rule, &t, obs, slot, now, may_raise, &mut events);
+                continue;
+            }
+            let mut slot = Slot::default();
+            step(rule, &t, obs, &mut slot, now, may_raise, &mut events);
+            if slot != Slot::default() {
+                next.slots
+                    .entry(rule.id.to_owned())
+                    .or_default()
+                    .insert(t.id.to_owned(), slot);
+            }
         }
     }
     prune(&mut next, rules, now);

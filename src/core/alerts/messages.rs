@@ -40,14 +40,11 @@ pub(super) fn raise_message(rule: &RuleInfo, name: &str, o: &Obs, held: Duration
             };
             format!("{name} unreachable for {}{never}", human(held))
         }
-        Check::BmsAlarm => match o.text.as_deref().filter(|t| !t.is_empty() && *t != "none") {
+        Check::BmsAlarm => match o.text.filter(|t| !t.is_empty() && *t != "none") {
             Some(a) => format!("{name}: BMS alarm: {a}"),
             None => format!("{name}: BMS reports a problem"),
         },
-        Check::InverterFault => format!(
-            "{name}: inverter fault: {}",
-            o.text.as_deref().unwrap_or("unknown")
-        ),
+        Check::InverterFault => format!("{name}: inverter fault: {}", o.text.unwrap_or("unknown")),
         Check::Emergency => format!(
             "{name}: BMS emergency mode on, {} left",
             show(o.value, "s", 0)

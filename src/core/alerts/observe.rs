@@ -3,7 +3,7 @@
 
 use super::defaults::Check;
 use super::rules::{RuleInfo, tidy};
-use super::{Direction, Inputs};
+use super::{DeviceInput, Direction, Inputs};
 use crate::model::{PackReading, Reading};
 
 /// Charge current at or below this counts as "no charge current": BMS
@@ -31,27 +31,49 @@ pub(super) enum Zone {
 
 /// One rule's view of one device at one moment.
 #[derive(Debug, Default)]
-pub(super) struct Obs {
+pub(super) struct Obs<'a> {
     pub(super) zone: Zone,
     pub(super) value: Option<f64>,
     pub(super) threshold: Option<f64>,
     pub(super) clear: Option<f64>,
     pub(super) what: &'static str,
     /// Which cell or sensor, e.g. " (cell 5)".
-    pub(super) detail: String,
+    pub(super) detail: Detail,
     /// The battery current, for the rules that combine it with a value.
     pub(super) current: Option<f64>,
     /// Alarm or fault names; for unreachable, set when never heard from.
-    pub(super) text: Option<String>,
+    /// Borrowed from the reading: the rules look at every device every
+    /// second and allocate nothing unless a message is written.
+    pub(super) text: Option<&'a str>,
     /// Series cells, for the pack-voltage messages.
     pub(super) cells: Option<u64>,
 }
 
-impl Obs {
+impl Obs<'_> {
     fn flag(on: bool) -> Self {
         Self {
             zone: if on { Zone::Raise } else { Zone::Clear },
             ..Self::default()
+        }
+    }
+}
+
+/// Which cell or sensor a value is of, written into messages as
+/// " (cell 5)" or " (sensor 2)", and as nothing when there is none.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Detail {
+    #[default]
+    None,
+    Cell(u64),
+    Sensor(u8),
+}
+
+impl std::fmt::Display for Detail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::None => Ok(()),
+            Self::Cell(n) => write!(f, " (cell {n})"),
+            Self::Sensor(n) => write!(f, " (sensor {n})"),
         }
     }
 }
@@ -64,41 +86,42 @@ pub(super) struct Target<'a> {
     failsafe: bool,
 }
 
-impl Target<'_> {
-    fn pack(&self) -> Option<&PackReading> {
+impl<'a> Target<'a> {
+    fn pack(&self) -> Option<&'a PackReading> {
         self.reading?.pack()
     }
 }
 
-pub(super) fn targets<'a>(check: Check, inputs: &Inputs<'a>) -> Vec<Target<'a>> {
-    let mut out: Vec<Target<'a>> = inputs
-        .devices
+pub(super) fn targets<'a, 'b>(
+    check: Check,
+    inputs: &'b Inputs<'a>,
+) -> impl Iterator<Item = Target<'a>> + 'b {
+    let applies = move |d: &&DeviceInput<'a>| check.applies_to(d.kind);
+    let devices = inputs.devices.iter().filter(applies).map(|d| Target {
+        id: d.id,
+        name: d.name,
+        online: d.online,
+        reading: d.reading,
+        failsafe: inputs.balancer_failsafe.contains(&d.id),
+    });
+    // A failsafe balancer whose inverter is not among the devices still
+    // raises, named by its id.
+    let orphans = inputs
+        .balancer_failsafe
         .iter()
-        .filter(|d| check.applies_to(d.kind))
-        .map(|d| Target {
-            id: d.id,
-            name: d.name,
-            online: d.online,
-            reading: d.reading,
-            failsafe: inputs.balancer_failsafe.contains(&d.id),
+        .filter(move |id| {
+            check == Check::BalancerFailsafe
+                && !inputs.devices.iter().filter(applies).any(|d| d.id == **id)
         })
-        .collect();
-    if check == Check::BalancerFailsafe {
-        // A failsafe balancer whose inverter is not among the devices
-        // still raises, named by its id.
-        for id in &inputs.balancer_failsafe {
-            if !out.iter().any(|t| t.id == *id) {
-                out.push(Target {
-                    id,
-                    name: id,
-                    online: None,
-                    reading: None,
-                    failsafe: true,
-                });
-            }
-        }
-    }
-    out
+        .map(|id| Target {
+            id,
+            name: id,
+            online: None,
+            reading: None,
+            failsafe: true,
+        });
+    // An iterator, not a Vec: this runs for every rule every second.
+    devices.chain(orphans)
 }
 
 /// A pack's value, when it is there and finite.
@@ -116,7 +139,7 @@ fn zone(direction: Direction, v: f64, threshold: f64, clear: f64) -> Zone {
     }
 }
 
-fn numeric(rule: &RuleInfo, value: Option<f64>, what: &'static str, detail: String) -> Obs {
+fn numeric<'a>(rule: &RuleInfo, value: Option<f64>, what: &'static str, detail: Detail) -> Obs<'a> {
     let mut o = Obs {
         value,
         threshold: rule.threshold,
@@ -162,29 +185,29 @@ fn wire_resistance(p: Option<&PackReading>) -> Option<(f64, u8)> {
         })
 }
 
-fn cell_detail(cell: Option<u64>) -> String {
-    cell.map(|n| format!(" (cell {n})")).unwrap_or_default()
+fn cell_detail(cell: Option<u64>) -> Detail {
+    cell.map_or(Detail::None, Detail::Cell)
 }
 
-pub(super) fn observe(rule: &RuleInfo, t: &Target) -> Obs {
+pub(super) fn observe<'a>(rule: &RuleInfo, t: &Target<'a>) -> Obs<'a> {
     let p = t.pack();
     let value = |get: fn(&PackReading) -> Option<f64>| pack_value(p, get);
     match rule.check {
         Check::Unreachable => Obs {
-            text: t.online.is_none().then(String::new),
+            text: t.online.is_none().then_some(""),
             ..Obs::flag(t.online != Some(true))
         },
         Check::BalancerFailsafe => Obs::flag(t.failsafe),
         // The last readings of an offline device are stale: they must
         // neither raise nor clear anything; device_unreachable covers it.
         _ if t.online == Some(false) => Obs::default(),
-        Check::Soc => numeric(rule, value(|p| p.soc_pct), "SOC", String::new()),
-        Check::Soh => numeric(rule, value(|p| p.soh_pct), "SOH", String::new()),
+        Check::Soc => numeric(rule, value(|p| p.soc_pct), "SOC", Detail::None),
+        Check::Soh => numeric(rule, value(|p| p.soh_pct), "SOH", Detail::None),
         Check::CellDelta => numeric(
             rule,
             value(|p| p.cell_delta_voltage_v),
             "cell delta",
-            String::new(),
+            Detail::None,
         ),
         Check::CellMin => numeric(
             rule,
@@ -202,7 +225,7 @@ pub(super) fn observe(rule: &RuleInfo, t: &Target) -> Obs {
             rule,
             value(|p| p.cell_average_voltage_v),
             "average cell voltage",
-            String::new(),
+            Detail::None,
         ),
         Check::TempHigh => {
             let t = battery_temperature(p, true);
@@ -210,20 +233,17 @@ pub(super) fn observe(rule: &RuleInfo, t: &Target) -> Obs {
                 rule,
                 t.map(|t| t.0),
                 "temperature",
-                t.map(|t| format!(" (sensor {})", t.1)).unwrap_or_default(),
+                t.map_or(Detail::None, |t| Detail::Sensor(t.1)),
             )
         }
-        Check::ChargeCurrent => numeric(
-            rule,
-            value(|p| p.current_a),
-            "charge current",
-            String::new(),
-        ),
+        Check::ChargeCurrent => {
+            numeric(rule, value(|p| p.current_a), "charge current", Detail::None)
+        }
         Check::DischargeCurrent => numeric(
             rule,
             value(|p| p.current_a).map(|i| -i),
             "discharge current",
-            String::new(),
+            Detail::None,
         ),
         Check::WireResistance => {
             let w = wire_resistance(p);
@@ -231,7 +251,7 @@ pub(super) fn observe(rule: &RuleInfo, t: &Target) -> Obs {
                 rule,
                 w.map(|w| w.0),
                 "wire resistance",
-                w.map(|w| format!(" (cell {})", w.1)).unwrap_or_default(),
+                w.map_or(Detail::None, |w| Detail::Cell(u64::from(w.1))),
             )
         }
         Check::PackHigh | Check::PackLow => pack(rule, p),
@@ -239,7 +259,7 @@ pub(super) fn observe(rule: &RuleInfo, t: &Target) -> Obs {
         Check::TempLowCharging => cold_charging(rule, p),
         Check::BmsAlarm => match p.and_then(|p| p.problem) {
             Some(problem) => Obs {
-                text: p.and_then(|p| p.alarms.clone()),
+                text: p.and_then(|p| p.alarms.as_deref()),
                 ..Obs::flag(problem)
             },
             None => Obs::default(),
@@ -255,7 +275,7 @@ pub(super) fn observe(rule: &RuleInfo, t: &Target) -> Obs {
             Some(i) => {
                 let f = i.faults.trim();
                 Obs {
-                    text: Some(f.to_owned()),
+                    text: Some(f),
                     ..Obs::flag(!f.is_empty() && f != "none")
                 }
             }
@@ -264,13 +284,13 @@ pub(super) fn observe(rule: &RuleInfo, t: &Target) -> Obs {
     }
 }
 
-fn pack(rule: &RuleInfo, p: Option<&PackReading>) -> Obs {
+fn pack<'a>(rule: &RuleInfo, p: Option<&PackReading>) -> Obs<'a> {
     let cells = p.map(|p| p.cell_count).filter(|n| *n > 0);
     let mut o = numeric(
         rule,
         pack_value(p, |p| p.voltage_v),
         "pack voltage",
-        String::new(),
+        Detail::None,
     );
     // Without the series count the per-cell limit means nothing.
     let (Some(n), Some(t), Some(c)) = (cells, rule.threshold, rule.clear) else {
@@ -294,8 +314,8 @@ fn pack(rule: &RuleInfo, p: Option<&PackReading>) -> Obs {
 /// there. Raises when SOC < threshold and current ≤ 0.5 A; clears when
 /// SOC ≥ clear or at least 1 A flows; a missing value only matters when
 /// the other one does not decide.
-fn no_charging(rule: &RuleInfo, p: Option<&PackReading>) -> Obs {
-    let mut o = numeric(rule, pack_value(p, |p| p.soc_pct), "SOC", String::new());
+fn no_charging<'a>(rule: &RuleInfo, p: Option<&PackReading>) -> Obs<'a> {
+    let mut o = numeric(rule, pack_value(p, |p| p.soc_pct), "SOC", Detail::None);
     let soc_zone = o.zone;
     o.current = pack_value(p, |p| p.current_a);
     o.zone = match (soc_zone, o.current) {
@@ -310,13 +330,13 @@ fn no_charging(rule: &RuleInfo, p: Option<&PackReading>) -> Obs {
 
 /// Charging while the coldest battery sensor is below the threshold.
 /// Clears when the temperature is back above clear or charging stops.
-fn cold_charging(rule: &RuleInfo, p: Option<&PackReading>) -> Obs {
+fn cold_charging<'a>(rule: &RuleInfo, p: Option<&PackReading>) -> Obs<'a> {
     let t = battery_temperature(p, false);
     let mut o = numeric(
         rule,
         t.map(|t| t.0),
         "temperature",
-        t.map(|t| format!(" (sensor {})", t.1)).unwrap_or_default(),
+        t.map_or(Detail::None, |t| Detail::Sensor(t.1)),
     );
     let temp_zone = o.zone;
     o.current = pack_value(p, |p| p.current_a);

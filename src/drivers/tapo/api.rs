@@ -202,7 +202,9 @@ pub fn multiple_request(methods: &[&str], now_ms: u64) -> Vec<u8> {
 
 /// `error_code` then `result` of one envelope (a whole reply or one batch
 /// entry).
-fn envelope_result(obj: &Map<String, Value>) -> Result<Value, ApiError> {
+/// The reply's `result`, moved out of it (a poll's reply is parsed every
+/// few seconds per plug: cloning it doubled the allocations).
+fn envelope_result(mut obj: Map<String, Value>) -> Result<Value, ApiError> {
     let code = match obj.get("error_code") {
         None => return Err(ApiError::MissingField("error_code")),
         Some(v) => v.as_i64().ok_or(ApiError::WrongType("error_code"))?,
@@ -210,7 +212,7 @@ fn envelope_result(obj: &Map<String, Value>) -> Result<Value, ApiError> {
     if code != 0 {
         return Err(ApiError::device(code));
     }
-    Ok(obj.get("result").cloned().unwrap_or(Value::Null))
+    Ok(obj.remove("result").unwrap_or(Value::Null))
 }
 
 fn parse_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
@@ -229,7 +231,7 @@ fn parse_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
 /// Checks error_code; Ok(result) (Value::Null when absent) or
 /// Err(ApiError::Device{...}).
 pub fn parse_response(body: &[u8]) -> Result<Value, ApiError> {
-    envelope_result(&parse_object(body)?)
+    envelope_result(parse_object(body)?)
 }
 
 /// One entry of a multipleRequest reply: the method it answers and its
@@ -241,20 +243,24 @@ pub type BatchEntry = (String, Result<Value, ApiError>);
 /// P100 that dislikes batches) fails the whole call so the caller can fall
 /// back to single requests.
 pub fn parse_multiple(body: &[u8]) -> Result<Vec<BatchEntry>, ApiError> {
-    batch_entries(&parse_response(body)?)
+    batch_entries(parse_response(body)?)
 }
 
 /// The entries of a multipleRequest's `result` (see [`parse_multiple`]).
-pub fn batch_entries(result: &Value) -> Result<Vec<BatchEntry>, ApiError> {
-    let responses = match result.get("responses") {
+pub fn batch_entries(result: Value) -> Result<Vec<BatchEntry>, ApiError> {
+    let responses = match result {
+        Value::Object(mut obj) => obj.remove("responses"),
+        _ => None,
+    };
+    let responses = match responses {
         None => return Err(ApiError::MissingField("responses")),
         Some(Value::Array(a)) => a,
         Some(_) => return Err(ApiError::WrongType("responses")),
     };
     Ok(responses
-        .iter()
+        .into_iter()
         .map(|entry| {
-            let Some(obj) = entry.as_object() else {
+            let Value::Object(obj) = entry else {
                 return (String::new(), Err(ApiError::WrongType("responses[]")));
             };
             // An entry we cannot attribute is still reported, so a caller

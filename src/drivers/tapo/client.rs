@@ -374,7 +374,7 @@ impl PlugClient {
     pub async fn get_many(&mut self, methods: &[&str]) -> Result<Vec<BatchEntry>, TapoError> {
         let req = api::multiple_request(methods, now_ms());
         let result = self.call(&req).await?;
-        Ok(api::batch_entries(&result)?)
+        Ok(api::batch_entries(result)?)
     }
 
     /// `None` on plugs without metering (P100): they answer "unknown
