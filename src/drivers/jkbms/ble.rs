@@ -13,8 +13,6 @@
 //! D-Bus message per notification, and bluetoothd closes the socket when the
 //! link goes, which is how [`BleLink::recv`] learns of a link loss.
 
-use std::pin::Pin;
-use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bluer::agent::{Agent, AgentHandle};
@@ -26,8 +24,9 @@ use bluer::{
 };
 use serde::Serialize;
 use thiserror::Error;
-use tokio::io::{AsyncRead, ReadBuf};
 use tokio::time::{Instant, sleep, timeout};
+
+use super::notify::{Got, NotifySocket};
 
 /// The JK service (16-bit `0xFFE0`).
 pub const SERVICE_FFE0: Uuid = Uuid::from_u128(0x0000ffe0_0000_1000_8000_00805f9b34fb);
@@ -50,11 +49,6 @@ const LINK_CHECK: Duration = Duration::from_secs(2);
 /// reading them together is one wake-up instead of fifteen (issue 15). A
 /// frame is then at most this much later, against a 1 s publish interval.
 const BURST: Duration = Duration::from_millis(40);
-/// The most bytes one [`BleLink::recv`] returns; the assembler holds 4 KiB.
-const BURST_BYTES: usize = 2048;
-/// The scratch buffer's size when BlueZ reports a smaller MTU: the ATT
-/// maximum, so no notification is ever cut.
-const MIN_SCRATCH: usize = 517;
 /// Writes are 20-byte commands; BlueZ's own D-Bus timeout is 120 s, far too
 /// long to notice a wedged link.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -191,11 +185,7 @@ pub struct BleLink {
     writer: Characteristic,
     write_op: WriteOp,
     /// `None` once the link is known to be gone.
-    reader: Option<CharacteristicReader>,
-    /// bluetoothd closed the notify socket after the bytes last returned.
-    closed: bool,
-    /// One notification at a time is read into this (an MTU long).
-    scratch: Box<[u8]>,
+    notify: Option<NotifySocket>,
 }
 
 impl std::fmt::Debug for BleLink {
@@ -204,7 +194,7 @@ impl std::fmt::Debug for BleLink {
             .field("mac", &self.mac)
             .field("write_char", &self.writer.id())
             .field("write_op", &self.write_op)
-            .field("up", &self.reader.is_some())
+            .field("up", &self.notify.is_some())
             .finish()
     }
 }
@@ -241,6 +231,8 @@ impl BleLink {
             });
         }
         let (writer, write_op, reader) = result?;
+        let notify = NotifySocket::new(reader)
+            .map_err(|e| BleError::Connect(format!("the notify socket: {e}")))?;
         tracing::info!(
             mac = %opts.mac,
             write_char = writer.id(),
@@ -252,9 +244,7 @@ impl BleLink {
             device,
             writer,
             write_op,
-            scratch: vec![0; reader.mtu().max(MIN_SCRATCH)].into_boxed_slice(),
-            reader: Some(reader),
-            closed: false,
+            notify: Some(notify),
         })
     }
 
@@ -265,7 +255,7 @@ impl BleLink {
     /// Writes one command frame: without response if the characteristic
     /// allows only that, else with response (so BlueZ reports failures).
     pub async fn write(&mut self, frame: &[u8]) -> Result<(), BleError> {
-        if self.reader.is_none() {
+        if self.notify.is_none() {
             return Err(BleError::NotConnected { mac: self.mac });
         }
         let req = CharacteristicWriteRequest {
@@ -275,7 +265,7 @@ impl BleLink {
         match timeout(WRITE_TIMEOUT, self.writer.write_ext(frame, &req)).await {
             Err(_) => Err(BleError::WriteTimeout { mac: self.mac }),
             Ok(Err(e)) if is_link_gone(&e) => {
-                self.reader = None;
+                self.notify = None;
                 Err(BleError::NotConnected { mac: self.mac })
             }
             Ok(r) => Ok(r?),
@@ -286,77 +276,42 @@ impl BleLink {
     /// from then on). Cancel-safe: nothing is lost when the future is
     /// dropped before it completes.
     pub async fn recv(&mut self) -> Option<Vec<u8>> {
-        if self.closed {
-            return self.lost();
-        }
         loop {
-            let reader = self.reader.as_ref()?;
-            let got = tokio::select! {
-                r = reader.recv() => Some(r),
-                () = sleep(LINK_CHECK) => None,
-            };
-            match got {
-                Some(Ok(bytes)) if !bytes.is_empty() => return Some(bytes),
-                // bluetoothd closed the socket (a read of 0 bytes) or it
-                // broke: either way the link is over.
-                Some(_) => break,
-                None => {
-                    if !matches!(self.device.is_connected().await, Ok(true)) {
-                        break;
-                    }
-                }
+            match self.notify.as_mut()?.recv_one(LINK_CHECK).await {
+                Got::Bytes(bytes) => return Some(bytes),
+                Got::Closed => break,
+                Got::Quiet if !self.connected().await => break,
+                Got::Quiet => {}
             }
         }
         self.lost()
     }
 
-    /// The bytes of every notification that has come, at least one's,
-    /// read together once the burst has had [`BURST`] to arrive (the
-    /// session's reader: one wake-up per burst instead of one per
-    /// notification); `None` once the link is gone (and from then on).
-    /// Cancel-safe: nothing is taken from the socket before the last
-    /// await, so nothing is lost when the future is dropped before it
-    /// completes.
+    /// The bytes of every notification of a burst, in order, read together
+    /// once the burst has had [`BURST`] to arrive (the session's reader:
+    /// one wake-up per burst instead of one per notification, see
+    /// [`super::notify`]); `None` once the link is gone (and from then
+    /// on). Cancel-safe like [`Self::recv`].
     pub async fn recv_burst(&mut self) -> Option<Vec<u8>> {
-        while !self.closed {
-            let reader = self.reader.as_ref()?;
-            let readable = tokio::select! {
-                r = reader.recvable() => Some(r.is_ok()),
-                () = sleep(LINK_CHECK) => None,
-            };
-            match readable {
-                Some(true) => {
-                    sleep(BURST).await;
-                    let Some(reader) = self.reader.as_mut() else {
-                        break;
-                    };
-                    match drain(reader, &mut self.scratch) {
-                        Drained::Bytes(bytes) => return Some(bytes),
-                        Drained::Closed(bytes) => {
-                            self.closed = true;
-                            if !bytes.is_empty() {
-                                return Some(bytes);
-                            }
-                            break;
-                        }
-                        // Readiness without a datagram: wait again.
-                        Drained::Nothing => {}
-                    }
-                }
-                // The socket broke: the link is over.
-                Some(false) => break,
-                None => {
-                    if !matches!(self.device.is_connected().await, Ok(true)) {
-                        break;
-                    }
-                }
+        loop {
+            match self.notify.as_mut()?.recv_burst(LINK_CHECK, BURST).await {
+                Got::Bytes(bytes) => return Some(bytes),
+                Got::Closed => break,
+                Got::Quiet if !self.connected().await => break,
+                Got::Quiet => {}
             }
         }
         self.lost()
+    }
+
+    /// BlueZ's view, asked when no notification came for a while (a safety
+    /// net; the closed notify socket is the normal signal).
+    async fn connected(&self) -> bool {
+        matches!(self.device.is_connected().await, Ok(true))
     }
 
     fn lost(&mut self) -> Option<Vec<u8>> {
-        if self.reader.take().is_some() {
+        if self.notify.take().is_some() {
             tracing::info!(mac = %self.mac, "JK-BMS link lost");
         }
         None
@@ -366,45 +321,12 @@ impl BleLink {
     /// for the phone app or the next connection. Dropping a `BleLink`
     /// without this leaves the link up until BlueZ or the pack ends it.
     pub async fn disconnect(mut self) {
-        self.reader = None;
+        self.notify = None;
         match timeout(DISCONNECT_TIMEOUT, self.device.disconnect()).await {
             Ok(Ok(())) => tracing::info!(mac = %self.mac, "JK-BMS disconnected"),
             Ok(Err(e)) => tracing::debug!(mac = %self.mac, error = %e, "JK-BMS disconnect"),
             Err(_) => tracing::warn!(mac = %self.mac, "JK-BMS disconnect got no answer from BlueZ"),
         }
-    }
-}
-
-/// What one read of the queued notifications found.
-enum Drained {
-    Bytes(Vec<u8>),
-    /// bluetoothd closed the socket (a read of 0 bytes) or it broke, after
-    /// these bytes.
-    Closed(Vec<u8>),
-    Nothing,
-}
-
-/// Every notification already queued on the socket, up to [`BURST_BYTES`],
-/// without waiting; read through `scratch` (at least an MTU, so bluer
-/// receives straight into it instead of allocating for each notification).
-fn drain(reader: &mut CharacteristicReader, scratch: &mut [u8]) -> Drained {
-    let mut bytes = Vec::with_capacity(BURST_BYTES + scratch.len());
-    // Polled once each with a waker that does nothing: `recv` waits for
-    // readiness itself, with a real one.
-    let mut cx = Context::from_waker(Waker::noop());
-    while bytes.len() < BURST_BYTES {
-        let mut buf = ReadBuf::new(scratch);
-        match Pin::new(&mut *reader).poll_read(&mut cx, &mut buf) {
-            Poll::Ready(Ok(())) if buf.filled().is_empty() => return Drained::Closed(bytes),
-            Poll::Ready(Ok(())) => bytes.extend_from_slice(buf.filled()),
-            Poll::Ready(Err(_)) => return Drained::Closed(bytes),
-            Poll::Pending => break,
-        }
-    }
-    if bytes.is_empty() {
-        Drained::Nothing
-    } else {
-        Drained::Bytes(bytes)
     }
 }
 

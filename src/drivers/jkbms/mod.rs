@@ -401,3 +401,5 @@ mod tests {
 
 #[cfg(feature = "ble")]
 pub mod ble;
+#[cfg(feature = "ble")]
+mod notify;
