@@ -156,7 +156,10 @@ pub async fn run_with(
             Some(ev) = driver_rx.recv() => bridge.on_driver_event(ev),
             _ = sleep_until(gc_deadline), if gc_deadline.is_some() => bridge.finish_cleanup().await,
             _ = sleep_until(birth_deadline), if birth_deadline.is_some() => bridge.on_ha_birth(),
-            _ = stats_tick.tick() => bridge.publish_bridge_state(),
+            _ = stats_tick.tick() => {
+                bridge.publish_bridge_state();
+                crate::memory::release_free_heap();
+            }
             _ = control_tick.tick(), if control_needed => bridge.control_step(),
         }
     };

@@ -11,6 +11,7 @@ pub mod core;
 pub mod drivers;
 pub mod health;
 pub mod https;
+pub mod memory;
 pub mod model;
 pub mod mqtt;
 pub mod push;
