@@ -1,7 +1,8 @@
 //! Benchmarks of the overload balancer, as a plain binary (`harness = false`):
 //!
 //! 1. decision time of the pure core per inverter sample (`core::balancer::tick`)
-//!    with 4 and 16 plugs over a random load series;
+//!    with 4, 16 and 64 plugs over a random load series
+//!    (`BALANCER_DECISION_ONLY=1`: only this part);
 //! 2. reaction, end to end: the whole bridge (`app::run`) polls a simulated
 //!    Deye every second and switches a simulated Tapo plug; the house load
 //!    steps over the limit and the time from the simulator's first answer
@@ -46,6 +47,10 @@ fn main() {
     println!("energy2mqtt balancer_bench");
     decision_time(4);
     decision_time(16);
+    decision_time(64);
+    if std::env::var("BALANCER_DECISION_ONLY").is_ok_and(|v| v == "1") {
+        return;
+    }
     reaction();
 }
 

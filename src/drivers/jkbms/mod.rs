@@ -403,3 +403,5 @@ mod tests {
 pub mod ble;
 #[cfg(feature = "ble")]
 mod notify;
+#[cfg(feature = "ble")]
+mod scan;
