@@ -44,10 +44,17 @@ fn with(config: Option<rustls::ClientConfig>) -> reqwest::ClientBuilder {
     }
 }
 
-/// For plain-http peers (Tapo plugs): TLS is configured but trusts
-/// nothing, so an https URL fails rather than being trusted blindly.
+/// For plain-http peers (Tapo and Shelly plugs): TLS is configured but
+/// trusts nothing, so an https URL fails rather than being trusted
+/// blindly. One configuration for all of them, cloned (its session cache
+/// is shared): a fresh one per plug cost 14 KiB of heap each (issue 15).
 pub fn plain_client_builder() -> reqwest::ClientBuilder {
-    with(config(rustls::RootCertStore::empty()))
+    static PLAIN: std::sync::OnceLock<Option<rustls::ClientConfig>> = std::sync::OnceLock::new();
+    with(
+        PLAIN
+            .get_or_init(|| config(rustls::RootCertStore::empty()))
+            .clone(),
+    )
 }
 
 /// For https peers: the system's root certificates.
