@@ -266,6 +266,7 @@ async fn poll_loop(
     let mut last_error = String::new();
     let mut sessions = SessionWatch::default();
     let client_id = eventloop.mqtt_options.client_id();
+    let mut leaving = false;
     loop {
         let event = tokio::select! {
             _ = stop.cancelled() => return,
@@ -300,7 +301,18 @@ async fn poll_loop(
             }
             Ok(Event::Outgoing(Outgoing::Disconnect)) => {
                 status.send_modify(|s| s.connected = false);
-                return;
+                leaving = true;
+            }
+            // After our DISCONNECT, read on until the broker closes the
+            // connection: closing first with messages still unread makes
+            // the kernel send a reset, which can reach the broker before
+            // it has read the DISCONNECT, and the broker then publishes
+            // our Last Will (a refusing second instance marked the first
+            // one offline that way). `shutdown` bounds the wait.
+            _ if leaving => {
+                if event.is_err() {
+                    return;
+                }
             }
             Ok(_) => {}
             Err(e) => {
