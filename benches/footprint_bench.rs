@@ -51,7 +51,7 @@ use energy2mqtt::sim::jkbms::{SimPack, cell_frames, device_info_frame, settings_
 use energy2mqtt::sim::solarman::SolarmanSim;
 use energy2mqtt::sim::tapo::{Flavour, Load, TapoSim};
 use fake_bluez::{FakeBluez, Generation, PrivateBus};
-use process::{Proc, find_binary, read_mem, status_fields};
+use process::{Proc, clock_ticks_per_second, cpu_ticks, find_binary, read_mem, status_fields};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
 const USER: &str = "bench@example.com";
@@ -509,16 +509,11 @@ fn read_alloc_counts(file: &Path) -> Option<(u64, u64)> {
     Some((word(0)?, word(1)?))
 }
 
-/// Time on the CPU of every thread of `pid`, in ns (the first field of
-/// /proc/<pid>/task/<tid>/schedstat); `None` without schedstats.
+/// Time on the CPU of every thread of `pid` now, in ns; `None` without
+/// schedstats.
 fn run_ns(pid: u32) -> Option<u64> {
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
-    let mut sum = 0;
-    for task in tasks.flatten() {
-        let text = std::fs::read_to_string(task.path().join("schedstat")).ok()?;
-        sum += text.split_whitespace().next()?.parse::<u64>().ok()?;
-    }
-    Some(sum)
+    let threads = process::thread_cpu_ns(pid);
+    (!threads.is_empty()).then(|| threads.iter().map(|t| t.1).sum())
 }
 
 /// Context switches of every thread of `pid`, voluntary and not: each is
@@ -701,26 +696,4 @@ async fn measure(run: Run<'_>, devices: BTreeSet<String>) -> Result<Figures> {
     figures.rss_end_kib = end.rss_kib;
     figures.hwm_kib = end.hwm_kib;
     Ok(figures)
-}
-
-/// utime + stime of `pid`, in clock ticks (threads that ended included).
-fn cpu_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may hold spaces: count fields after its ')'.
-    let rest = stat.get(stat.rfind(')')? + 2..)?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // Fields 14 and 15 of proc(5); `rest` starts at field 3.
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some(utime + stime)
-}
-
-fn clock_ticks_per_second() -> f64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
 }

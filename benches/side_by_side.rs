@@ -62,7 +62,9 @@ use energy2mqtt::config::{Sources, load_from};
 use energy2mqtt::sim::deye_model::{InverterModel, ModelConfig, SimTime};
 use energy2mqtt::sim::solarman::SolarmanSim;
 use energy2mqtt::sim::tapo::{Flavour, Load, TapoSim};
-use process::{Proc, cpu_model, find_binary, status_fields};
+use process::{
+    Proc, clock_ticks_per_second, cpu_model, cpu_ticks, find_binary, status_fields, thread_cpu_ns,
+};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use stats::{ms, percentile};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -248,32 +250,6 @@ fn polls(events: &[(Instant, Dir)], now: Instant) -> Vec<Poll> {
 // Process figures.
 
 /// utime + stime of `pid`, in clock ticks (threads that ended included).
-fn cpu_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may hold spaces: count fields after its ')'.
-    let rest = stat.get(stat.rfind(')')? + 2..)?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // Fields 14 and 15 of proc(5); `rest` starts at field 3.
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some(utime + stime)
-}
-
-/// CPU time (ns, `/proc/<pid>/task/<tid>/schedstat`) of each thread of
-/// `pid` alive now.
-fn thread_cpu_ns(pid: u32) -> Vec<(u32, u64)> {
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return Vec::new();
-    };
-    dir.filter_map(|e| {
-        let e = e.ok()?;
-        let tid: u32 = e.file_name().to_str()?.parse().ok()?;
-        let s = std::fs::read_to_string(e.path().join("schedstat")).ok()?;
-        Some((tid, s.split_whitespace().next()?.parse().ok()?))
-    })
-    .collect()
-}
-
 /// CPU of a process over a window at nanosecond resolution, from its
 /// threads' schedstat sampled every `SAMPLE_EVERY`: a thread's time is its
 /// last sample minus its first (0 for a thread born in the window). What a
@@ -306,16 +282,6 @@ impl ThreadCpu {
             .sum();
         Duration::from_nanos(ns)
     }
-}
-
-fn clock_ticks_per_second() -> f64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
 }
 
 fn mib(kib: f64) -> f64 {
