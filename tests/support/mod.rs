@@ -309,14 +309,27 @@ impl Bridge {
             .arg("-TERM")
             .arg(c.id().to_string())
             .status();
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let started = std::time::Instant::now();
+        let deadline = started + Duration::from_secs(10);
         while std::time::Instant::now() < deadline {
             if let Ok(Some(status)) = c.try_wait() {
+                if status.code() != Some(0) {
+                    // The caller's assertion shows only the code: say why.
+                    eprintln!(
+                        "bridge ended with {status} after {:?} of SIGTERM:\n{}",
+                        started.elapsed(),
+                        self.log_text()
+                    );
+                }
                 return status.code();
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         let _ = c.kill();
+        eprintln!(
+            "bridge still running 10 s after SIGTERM, killed:\n{}",
+            self.log_text()
+        );
         None
     }
 }
