@@ -127,6 +127,7 @@ impl Drop for House {
 const TOPICS: &[&str] = &[
     "energy2mqtt/balancer/inverter",
     "energy2mqtt/bridge/event",
+    "energy2mqtt/bridge/state",
     "energy2mqtt/boiler",
     "energy2mqtt/heater",
     "homeassistant/+/balancer_inverter/+/config",
@@ -328,7 +329,12 @@ async fn overload_sheds_the_lowest_priority_plug_survives_kill9_and_restores_it(
     // The settings survive a restart too.
     assert_eq!(bridge.terminate(), Some(0));
     client.drain();
-    let _bridge = Bridge::start(&broker.url(), &house.config(), &env);
+    let bridge = Bridge::start(&broker.url(), &house.config(), &env);
+    // Only what comes after the second bridge is online is its own.
+    client
+        .expect(Duration::from_secs(20), online)
+        .await
+        .unwrap_or_else(|| panic!("the second bridge online:\n{}", bridge.log_text()));
     let again = client
         .expect(Duration::from_secs(20), |m| {
             status(m) && m.json()["on_grid_w"] == 4500.0
