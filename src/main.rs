@@ -329,13 +329,7 @@ fn init_tracing(cli: &Cli, config: &Config) -> Result<(), String> {
         .log_level
         .clone()
         .unwrap_or_else(|| config.log.level.clone());
-    // rumqttd logs every connection at info and every ordinary disconnect
-    // as an error; keep it silent unless the filter names it.
-    let mut directives = if level.contains("rumqttd") {
-        level.clone()
-    } else {
-        format!("{level},rumqttd=off")
-    };
+    let mut directives = level.clone();
     // rumqttc says "Collision on packet id" at info whenever the broker
     // acknowledges out of order after a reconnect; it resolves itself.
     if !level.contains("rumqttc") {
@@ -390,7 +384,15 @@ fn serve(cli: &Cli, mut config: Config, mode: Mode) -> ExitCode {
             Mode::BrokerOnly => {
                 config.broker.enabled = true;
                 energy2mqtt::broker::start(&config.broker).await?;
-                shutdown.cancelled().await;
+                // A flood's buffers are freed as it ends; give the pages
+                // back as `run` does.
+                let mut trim = tokio::time::interval(std::time::Duration::from_secs(60));
+                loop {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = trim.tick() => energy2mqtt::memory::release_free_heap(),
+                    }
+                }
                 Ok(())
             }
             Mode::Demo => {

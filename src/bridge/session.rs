@@ -92,7 +92,7 @@ impl Bridge {
         ));
         self.publish_bridge_state();
         // After a reconnect the broker may have lost retained messages
-        // (rumqttd keeps them in memory only): publish everything again.
+        // (the embedded one keeps them in memory only): publish everything again.
         self.outbox.requeue(|_| true);
     }
 

@@ -93,7 +93,7 @@ pub fn validate(config: &Config) -> Result<(), ConfigErrors> {
         );
     }
     // An empty password would let anyone in as that user; an empty user
-    // makes rumqttd fail only once it starts.
+    // could never log in.
     if broker
         .username
         .as_deref()
