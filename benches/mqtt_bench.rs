@@ -1,7 +1,7 @@
 //! Benchmarks of the MQTT path, as a plain binary (`harness = false`):
 //!
 //! 1. device state → JSON payload serialisation for 100 devices;
-//! 2. end-to-end publish rate, our `Connection` → embedded rumqttd → a
+//! 2. end-to-end publish rate, our `Connection` → the embedded broker → a
 //!    separate rumqttc subscriber, for transient and for retained state
 //!    messages;
 //! 3. resident memory of the real `energy2mqtt run` process, idle and under
@@ -99,7 +99,7 @@ fn main() {
         ),
         None => report.add("this bench process RSS", "not readable (/proc)", ""),
     }
-    // Do not wait for rumqttc/rumqttd tasks that may still be running.
+    // Do not wait for rumqttc or broker tasks that may still be running.
     runtime.shutdown_timeout(Duration::from_secs(1));
     report.print();
     println!("total bench time: {:.1} s", started.elapsed().as_secs_f64());

@@ -1,4 +1,4 @@
-//! The bridge binary end to end, against the embedded rumqttd and (with
+//! The bridge binary end to end, against the embedded broker and (with
 //! E2M_TEST_MOSQUITTO=1) Debian's Mosquitto, over real loopback sockets.
 
 mod support;
@@ -496,9 +496,8 @@ topic = "e2m-demo"
     for _ in 0..100 {
         tokio::time::sleep(Duration::from_millis(50)).await;
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            // Narrow filters: rumqttd delivers only about 100 retained
-            // messages to a QoS 1 subscription (see TROUBLESHOOTING.md), and
-            // the demo retains far more than that under `homeassistant/#`.
+            // Narrow filters: the demo retains hundreds of messages under
+            // `homeassistant/#`, and this test needs only a few.
             c = Some(
                 Client::connect(
                     port,

@@ -447,14 +447,14 @@ fn network_broker_needs_credentials() {
 
 #[test]
 fn empty_broker_credentials_are_refused() {
-    // An empty password: rumqttd would let `admin` in without one.
+    // An empty password would let `admin` in without one.
     let open = "[broker]\nenabled = true\nlisten = \"0.0.0.0:1883\"\n";
     let errors = load_err(
         &format!("{open}username = \"admin\"\npassword = \"\"\n"),
         &[],
     );
     expect_error(&errors, "broker.password", "must not be empty");
-    // An empty user: the check passed and rumqttd failed at start.
+    // An empty user: the check used to pass and the broker failed at start.
     let errors = load_err(&format!("{open}username = \"\"\npassword = \"p\"\n"), &[]);
     expect_error(&errors, "broker.username", "must not be empty");
     // The same from the environment.

@@ -1,4 +1,4 @@
-//! Real parts for end-to-end tests: brokers (the embedded rumqttd in its
+//! Real parts for end-to-end tests: brokers (the embedded broker in its
 //! own process, Debian's Mosquitto), the bridge binary, an MQTT client.
 #![allow(dead_code)]
 
