@@ -159,10 +159,8 @@ pub async fn serve(stream: TcpStream, router: Arc<Router>, settings: Arc<Setting
         id,
         qos2_received: HashSet::new(),
     };
+    tracing::debug!(parent: &span, clean = connect.clean_session, present, "connected");
     let ended = {
-        let _enter = span.enter();
-        tracing::debug!(clean = connect.clean_session, present, "connected");
-        drop(_enter);
         tokio::select! {
             r = session.run(&mut reader, idle) => r,
             _ = kick.cancelled() => Err(Ended::TakenOver),
