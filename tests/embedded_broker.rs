@@ -192,3 +192,273 @@ async fn a_qos0_flood_reaches_a_subscriber_that_keeps_reading_whole() {
     publisher.await.expect("publisher");
     assert_eq!(got, N, "every message of the flood arrives");
 }
+
+/// A raw client, for what rumqttc's client would not do: stop reading,
+/// keep a tiny receive buffer, speak MQTT 3.1.
+struct Raw {
+    stream: tokio::net::TcpStream,
+    buf: bytes::BytesMut,
+}
+
+impl Raw {
+    async fn open(port: u16, small_receive_buffer: bool) -> Raw {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        if small_receive_buffer {
+            socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+        }
+        let stream = socket
+            .connect(([127, 0, 0, 1], port).into())
+            .await
+            .expect("connect");
+        Raw {
+            stream,
+            buf: bytes::BytesMut::new(),
+        }
+    }
+
+    async fn connect(
+        port: u16,
+        id: &str,
+        keep_alive: u16,
+        will: Option<(&str, &str)>,
+        small_receive_buffer: bool,
+    ) -> Raw {
+        let mut raw = Raw::open(port, small_receive_buffer).await;
+        let mut c = rumqttc::Connect::new(id);
+        c.keep_alive = keep_alive;
+        c.clean_session = true;
+        c.last_will = will.map(|(t, m)| rumqttc::LastWill::new(t, m, QoS::AtLeastOnce, true));
+        raw.send(Packet::Connect(c)).await;
+        match raw.next().await {
+            Packet::ConnAck(a) => assert_eq!(a.code, ConnectReturnCode::Success),
+            other => panic!("{other:?}"),
+        }
+        raw
+    }
+
+    async fn send(&mut self, p: Packet) {
+        use tokio::io::AsyncWriteExt;
+        let mut out = bytes::BytesMut::new();
+        p.write(&mut out, usize::MAX).expect("encodes");
+        self.stream.write_all(&out).await.expect("write");
+    }
+
+    async fn next(&mut self) -> Packet {
+        use tokio::io::AsyncReadExt;
+        loop {
+            match Packet::read(&mut self.buf, usize::MAX) {
+                Ok(p) => return p,
+                Err(rumqttc::Error::InsufficientBytes(_)) => {
+                    let n = tokio::time::timeout(
+                        Duration::from_secs(10),
+                        self.stream.read_buf(&mut self.buf),
+                    )
+                    .await
+                    .expect("a packet within 10 s")
+                    .expect("read");
+                    assert!(n > 0, "closed by the broker");
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+
+    async fn subscribe(&mut self, filter: &str) {
+        let s = rumqttc::Subscribe::new(filter, QoS::AtMostOnce);
+        self.send(Packet::Subscribe(s)).await;
+        assert!(matches!(self.next().await, Packet::SubAck(_)));
+    }
+}
+
+/// Floods `flood/data` from a raw publisher with `n` × 600 B at QoS 0.
+async fn flood(port: u16, n: usize) {
+    use std::io::{Read, Write};
+    tokio::task::spawn_blocking(move || {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        s.write_all(b"\x10\x12\x00\x04MQTT\x04\x02\x00\x3c\x00\x06floodp")
+            .expect("CONNECT");
+        let mut ack = [0u8; 4];
+        s.read_exact(&mut ack).expect("CONNACK");
+        let mut one = vec![0x30, 0xE4, 0x04, 0x00, 0x0a];
+        one.extend_from_slice(b"flood/data");
+        one.extend(std::iter::repeat_n(b'x', 600));
+        let chunk: Vec<u8> = one.iter().copied().cycle().take(one.len() * 100).collect();
+        for _ in 0..n / 100 {
+            s.write_all(&chunk).expect("PUBLISH");
+        }
+        s.write_all(&[0xE0, 0]).expect("DISCONNECT");
+        let _ = s.read(&mut ack);
+    })
+    .await
+    .expect("flood");
+}
+
+/// A watcher of `topic` (QoS 1), and the first message it gets there.
+async fn first_message(port: u16, topic: &str, within: Duration) -> Option<String> {
+    let (c, mut el) = AsyncClient::new(options(port, None), 10);
+    c.subscribe(topic, QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    let wait = async {
+        loop {
+            match el.poll().await {
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    return String::from_utf8_lossy(&p.payload).into_owned();
+                }
+                Ok(_) => {}
+                Err(e) => panic!("watcher lost the broker: {e}"),
+            }
+        }
+    };
+    tokio::time::timeout(within, wait).await.ok()
+}
+
+/// A subscriber that stops reading (its socket full, the broker's writer
+/// stuck in a write) and goes silent: its keep-alive ends it, and its
+/// Last Will goes out then. The writer used to wait for the write to
+/// finish, which a peer that never reads again never lets happen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_peer_that_stops_reading_is_dropped_and_its_will_goes_out() {
+    let port = start(None, None).await;
+    let mut dead = Raw::connect(port, "dead", 2, Some(("will/dead", "gone")), true).await;
+    dead.subscribe("flood/#").await;
+    let watcher = tokio::spawn(first_message(port, "will/dead", Duration::from_secs(15)));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    flood(port, 20_000).await;
+    // keep-alive 2 s × 1.5: the will is due about 3 s after the last
+    // packet from `dead`.
+    assert_eq!(
+        watcher.await.expect("watcher").as_deref(),
+        Some("gone"),
+        "the will of a dead peer arrives"
+    );
+    drop(dead);
+}
+
+/// A takeover while the old connection's writer is stuck: the old
+/// connection's Last Will must not land after what the new connection
+/// publishes (a retained "offline" over its "online").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taken_over_connection_s_will_lands_before_the_new_birth() {
+    let port = start(None, None).await;
+    let mut old = Raw::connect(port, "dup", 0, Some(("dup/status", "offline")), true).await;
+    old.subscribe("flood/#").await;
+    flood(port, 20_000).await;
+    let mut new = Raw::connect(port, "dup", 0, Some(("dup/status", "offline")), false).await;
+    let mut birth = rumqttc::Publish::new("dup/status", QoS::AtLeastOnce, "online");
+    birth.retain = true;
+    birth.pkid = 1;
+    new.send(Packet::Publish(birth)).await;
+    assert!(matches!(new.next().await, Packet::PubAck(_)));
+    // The old socket goes now: its stuck write fails at last.
+    drop(old);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        first_message(port, "dup/status", Duration::from_secs(5))
+            .await
+            .as_deref(),
+        Some("online")
+    );
+    drop(new);
+}
+
+/// More than a queue (1 MiB) of retained messages to a QoS 1 subscriber:
+/// the copies are queued at once, not waited for, since only the
+/// subscriber's own reader (the one that would wait) reads its PUBACKs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_qos1_subscriber_gets_more_than_a_queue_of_retained_messages() {
+    const N: usize = 200;
+    let port = start(None, None).await;
+    let mut o = options(port, None);
+    o.set_max_packet_size(64 * 1024, 64 * 1024);
+    let (publisher, mut el) = AsyncClient::new(o.clone(), 64);
+    let pump = tokio::spawn(async move { while el.poll().await.is_ok() {} });
+    for i in 0..N {
+        publisher
+            .publish(
+                format!("big/{i}"),
+                QoS::AtLeastOnce,
+                true,
+                vec![b'r'; 20_000],
+            )
+            .await
+            .expect("publish");
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut o = options(port, None);
+    o.set_max_packet_size(64 * 1024, 64 * 1024);
+    let (sub, mut el) = AsyncClient::new(o, 64);
+    sub.subscribe("big/#", QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    let mut got = std::collections::HashSet::new();
+    while got.len() < N {
+        match tokio::time::timeout(Duration::from_secs(3), el.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
+                got.insert(p.topic.clone());
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => panic!("{e}"),
+            Err(_) => break,
+        }
+    }
+    assert_eq!(got.len(), N);
+    pump.abort();
+}
+
+/// A client subscribed at QoS 1 to what it publishes itself, faster than
+/// a queue: its reader goes on reading its PUBACKs while its publish
+/// waits for room in its own queue, so nothing is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_subscribed_to_itself_at_qos1_gets_everything_it_publishes() {
+    const N: usize = 800;
+    let port = start(None, None).await;
+    let mut o = options(port, None);
+    o.set_max_packet_size(64 * 1024, 64 * 1024);
+    let (c, mut el) = AsyncClient::new(o, 256);
+    c.subscribe("loop/#", QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    let publisher = tokio::spawn(async move {
+        for i in 0..N {
+            let mut payload = vec![b'l'; 10_000];
+            payload[..8].copy_from_slice(&(i as u64).to_be_bytes());
+            c.publish("loop/x", QoS::AtLeastOnce, false, payload)
+                .await
+                .expect("publish");
+        }
+        c
+    });
+    let mut got = std::collections::HashSet::new();
+    while got.len() < N {
+        match tokio::time::timeout(Duration::from_secs(3), el.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
+                got.insert(u64::from_be_bytes(p.payload[..8].try_into().expect("8")));
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => panic!("{e}"),
+            Err(_) => break,
+        }
+    }
+    assert_eq!(got.len(), N);
+    drop(publisher.await);
+}
+
+/// An MQTT 3.1 client ("MQIsdp", level 3) is told why it is refused:
+/// CONNACK 0x01, unacceptable protocol version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mqtt_3_1_client_gets_unacceptable_protocol_version() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let port = start(None, None).await;
+    let mut raw = Raw::open(port, false).await;
+    raw.stream
+        .write_all(b"\x10\x10\x00\x06MQIsdp\x03\x02\x00\x3c\x00\x02v3")
+        .await
+        .expect("CONNECT");
+    let mut ack = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(5), raw.stream.read_exact(&mut ack))
+        .await
+        .expect("an answer")
+        .expect("a CONNACK");
+    assert_eq!(ack, [0x20, 2, 0, 1]);
+}

@@ -3,14 +3,14 @@
 //! [`Outbound`]. The reader hands each PUBLISH to its subscribers itself,
 //! so a publisher that outruns them is slowed down by TCP, not buffered.
 
-use std::collections::HashSet;
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use rumqttc::{
-    ConnAck, ConnectReturnCode, Packet, PubAck, PubComp, PubRec, Publish, QoS, SubAck, UnsubAck,
+    ConnAck, ConnectReturnCode, Packet, PubAck, PubComp, PubRec, Publish, QoS, UnsubAck,
 };
 use subtle::ConstantTimeEq;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -47,11 +47,17 @@ enum Ended {
     TakenOver,
     #[error("the client does not read its acknowledgements")]
     NotReading,
+    #[error("not MQTT 3.1.1")]
+    Version,
 }
 
 impl From<rumqttc::mqttbytes::Error> for Ended {
     fn from(e: rumqttc::mqttbytes::Error) -> Self {
-        Ended::Protocol(e.to_string())
+        use rumqttc::mqttbytes::Error as E;
+        match e {
+            E::InvalidProtocol | E::InvalidProtocolLevel(_) => Ended::Version,
+            e => Ended::Protocol(e.to_string()),
+        }
     }
 }
 
@@ -84,10 +90,27 @@ impl Reader {
     }
 }
 
-async fn refuse(write: &mut OwnedWriteHalf, code: ConnectReturnCode) {
+/// Sends a refusing CONNACK, if the peer takes it within `within`.
+async fn refuse(write: &mut OwnedWriteHalf, code: ConnectReturnCode, within: Duration) {
     let mut buf = BytesMut::new();
     let _ = Packet::ConnAck(ConnAck::new(code, false)).write(&mut buf, usize::MAX);
-    let _ = write.write_all(&buf).await;
+    let _ = tokio::time::timeout(within, write.write_all(&buf)).await;
+}
+
+/// How long a write may make no progress before the client is taken for
+/// gone: a peer that stops reading (or vanished with data unsent, which
+/// TCP retransmits for about 15 minutes) would otherwise hold its
+/// connection slot and its Last Will.
+const WRITE_STALL: Duration = Duration::from_secs(30);
+
+/// TCP keep-alive on every accepted socket: finds a vanished client that
+/// asked for no MQTT keep-alive (keep_alive = 0) within about 2 minutes.
+fn tcp_keepalive(stream: &TcpStream) {
+    let ka = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(60))
+        .with_interval(Duration::from_secs(10))
+        .with_retries(5);
+    let _ = socket2::SockRef::from(stream).set_tcp_keepalive(&ka);
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -95,18 +118,34 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 /// Serves one accepted connection to its end.
 pub async fn serve(stream: TcpStream, router: Arc<Router>, settings: Arc<Settings>) {
     let _ = stream.set_nodelay(true);
+    tcp_keepalive(&stream);
     let (read, mut write) = stream.into_split();
     let mut reader = Reader {
         half: read,
         buf: BytesMut::with_capacity(4096),
         max_packet: settings.max_packet,
     };
-    let connect = match tokio::time::timeout(settings.connect_timeout, reader.next()).await {
+    let within = settings.connect_timeout;
+    let connect = match tokio::time::timeout(within, reader.next()).await {
         Ok(Ok(Packet::Connect(c))) => c,
+        // MQTT 3.1 ("MQIsdp") and the like: say so (§3.2.2.3, code 1).
+        Ok(Err(Ended::Version)) => {
+            return refuse(
+                &mut write,
+                ConnectReturnCode::RefusedProtocolVersion,
+                within,
+            )
+            .await;
+        }
         Ok(Ok(_)) | Ok(Err(_)) | Err(_) => return,
     };
     if connect.protocol != rumqttc::mqttbytes::Protocol::V4 {
-        return refuse(&mut write, ConnectReturnCode::RefusedProtocolVersion).await;
+        return refuse(
+            &mut write,
+            ConnectReturnCode::RefusedProtocolVersion,
+            within,
+        )
+        .await;
     }
     if let Some((user, password)) = &settings.auth {
         let ok = connect.login.as_ref().is_some_and(|l| {
@@ -116,71 +155,78 @@ pub async fn serve(stream: TcpStream, router: Arc<Router>, settings: Arc<Setting
         });
         if !ok {
             tracing::info!(client = %connect.client_id, "refused: bad username or password");
-            return refuse(&mut write, ConnectReturnCode::BadUserNamePassword).await;
+            return refuse(&mut write, ConnectReturnCode::BadUserNamePassword, within).await;
         }
     }
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
     let client: Arc<str> = if connect.client_id.is_empty() {
         if !connect.clean_session {
-            return refuse(&mut write, ConnectReturnCode::BadClientId).await;
+            return refuse(&mut write, ConnectReturnCode::BadClientId, within).await;
         }
         format!("energy2mqtt-broker-auto-{id}").into()
     } else {
         connect.client_id.as_str().into()
     };
     let span = tracing::debug_span!("broker", client = %client);
+    let will = connect
+        .last_will
+        .filter(|w| topic::valid_name(&w.topic))
+        .map(|w| {
+            let mut p = Publish::from_bytes(w.topic, w.qos, Bytes::copy_from_slice(&w.message));
+            p.retain = w.retain;
+            p
+        });
     let kick = CancellationToken::new();
-    let (outbound, present, previous) =
-        router.connect(&client, connect.clean_session, id, kick.clone());
-    if let Some(previous) = previous {
-        previous.cancel();
+    let connected = router.connect(&client, connect.clean_session, id, kick.clone(), will);
+    if let Some(will) = connected.taken_over_will {
+        // Before our CONNACK: nothing this client publishes can precede it.
+        forward(&router, will, &client).await;
     }
+    let outbound = connected.outbound;
+    let present = connected.session_present;
     let mut buf = BytesMut::new();
     let _ = Packet::ConnAck(ConnAck::new(ConnectReturnCode::Success, present))
         .write(&mut buf, usize::MAX);
-    if write.write_all(&buf).await.is_err() {
-        router.disconnected(&client, id);
+    if !matches!(
+        tokio::time::timeout(within, write.write_all(&buf)).await,
+        Ok(Ok(()))
+    ) {
+        if let Some(will) = router.disconnected(&client, id, false) {
+            forward(&router, will, &client).await;
+        }
         return;
     }
     let writer_stop = CancellationToken::new();
     let writer = tokio::spawn(write_loop(write, outbound.clone(), id, writer_stop.clone()));
-    let will = connect.last_will.map(|w| {
-        let mut p = Publish::from_bytes(w.topic, w.qos, Bytes::copy_from_slice(&w.message));
-        p.retain = w.retain;
-        p
-    });
     // 1.5 × the keep-alive the client asked for (MQTT 3.1.1 §3.1.2.10).
     let idle = (connect.keep_alive > 0)
         .then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1500));
-    let mut session = Session {
+    let session = Session {
         router: &router,
         client: &client,
         outbound: &outbound,
         id,
-        qos2_received: HashSet::new(),
+        idle,
     };
     tracing::debug!(parent: &span, clean = connect.clean_session, present, "connected");
     let ended = {
         tokio::select! {
-            r = session.run(&mut reader, idle) => r,
+            r = session.run(&mut reader) => r,
             _ = kick.cancelled() => Err(Ended::TakenOver),
             _ = writer_stop.cancelled() => Err(Ended::Closed),
         }
     };
+    // The writer stops at once, also in the middle of a write that a
+    // vanished peer never takes.
     writer_stop.cancel();
     let _ = writer.await;
-    match ended {
+    match &ended {
         Ok(()) => tracing::debug!(parent: &span, "disconnected"),
-        Err(e) => {
-            tracing::debug!(parent: &span, reason = %e, "connection lost");
-            if let Some(will) = will {
-                if topic::valid_name(&will.topic) {
-                    forward(&router, will, &client).await;
-                }
-            }
-        }
+        Err(e) => tracing::debug!(parent: &span, reason = %e, "connection lost"),
     }
-    router.disconnected(&client, id);
+    if let Some(will) = router.disconnected(&client, id, ended.is_ok()) {
+        forward(&router, will, &client).await;
+    }
 }
 
 struct Session<'a> {
@@ -188,19 +234,46 @@ struct Session<'a> {
     client: &'a Arc<str>,
     outbound: &'a Outbound,
     id: ConnectionId,
-    /// QoS 2 packet ids delivered and not yet released (PUBREL).
-    qos2_received: HashSet<u16>,
+    /// No packet for this long: the client is gone.
+    idle: Option<Duration>,
 }
 
+/// Packets read while a PUBLISH waited for room in a subscriber's queue,
+/// handled after it, in order.
+#[derive(Default)]
+struct Held {
+    packets: VecDeque<Packet>,
+    bytes: usize,
+}
+
+/// Held packets' bytes beyond which reading pauses (TCP then slows the
+/// client down). A client's own window of QoS 1 publishes we have not
+/// acknowledged yet (rumqttc: 100, paho: 20) is what it sends while we
+/// wait, so this holds such a window of 10 KiB messages twice over; a
+/// client with more in flight that subscribes to itself can still wait
+/// out [`super::outbound::LAG_WAIT`] and lose messages.
+const HELD_BYTES: usize = 2 * super::outbound::QUEUE_BYTES;
+
 impl Session<'_> {
+    async fn read(&self, reader: &mut Reader) -> Result<Packet, Ended> {
+        match self.idle {
+            Some(d) => tokio::time::timeout(d, reader.next())
+                .await
+                .map_err(|_| Ended::KeepAlive)?,
+            None => reader.next().await,
+        }
+    }
+
     /// Until the client's DISCONNECT (`Ok`) or the end of the connection.
-    async fn run(&mut self, reader: &mut Reader, idle: Option<Duration>) -> Result<(), Ended> {
+    async fn run(&self, reader: &mut Reader) -> Result<(), Ended> {
+        let mut held = Held::default();
         loop {
-            let packet = match idle {
-                Some(d) => tokio::time::timeout(d, reader.next())
-                    .await
-                    .map_err(|_| Ended::KeepAlive)??,
-                None => reader.next().await?,
+            let packet = match held.packets.pop_front() {
+                Some(p) => {
+                    held.bytes -= held_size(&p);
+                    p
+                }
+                None => self.read(reader).await?,
             };
             let reply = match packet {
                 Packet::Publish(mut p) => {
@@ -213,25 +286,25 @@ impl Session<'_> {
                     let (qos, pkid) = (p.qos, p.pkid);
                     match qos {
                         QoS::AtMostOnce => {
-                            forward(self.router, p, self.client).await;
+                            self.forward_reading(reader, p, &mut held).await?;
                             None
                         }
                         QoS::AtLeastOnce => {
-                            forward(self.router, p, self.client).await;
+                            self.forward_reading(reader, p, &mut held).await?;
                             Some(Packet::PubAck(PubAck::new(pkid)))
                         }
                         QoS::ExactlyOnce => {
                             // Delivered on the first PUBLISH; a resend with
                             // the same id before PUBREL is not delivered again.
-                            if self.qos2_received.insert(pkid) {
-                                forward(self.router, p, self.client).await;
+                            if self.outbound.qos2_received(pkid) {
+                                self.forward_reading(reader, p, &mut held).await?;
                             }
                             Some(Packet::PubRec(PubRec::new(pkid)))
                         }
                     }
                 }
                 Packet::PubRel(r) => {
-                    self.qos2_received.remove(&r.pkid);
+                    self.outbound.qos2_released(r.pkid);
                     Some(Packet::PubComp(PubComp::new(r.pkid)))
                 }
                 Packet::PubAck(a) => {
@@ -241,20 +314,13 @@ impl Session<'_> {
                 // We never send QoS 2 (subscriptions are granted QoS 1 at most).
                 Packet::PubRec(_) | Packet::PubComp(_) => None,
                 Packet::Subscribe(s) => {
-                    let (codes, retained) = self.router.subscribe(self.client, &s.filters);
-                    if !self
-                        .outbound
-                        .reply(self.id, Packet::SubAck(SubAck::new(s.pkid, codes)))
-                    {
-                        return Err(Ended::NotReading);
-                    }
-                    for p in retained {
-                        self.outbound.deliver(p).await;
-                    }
+                    self.router
+                        .subscribe(self.client, self.id, s.pkid, &s.filters)
+                        .map_err(|_| Ended::NotReading)?;
                     None
                 }
                 Packet::Unsubscribe(u) => {
-                    self.router.unsubscribe(self.client, &u.topics);
+                    self.router.unsubscribe(self.client, self.id, &u.topics);
                     Some(Packet::UnsubAck(UnsubAck::new(u.pkid)))
                 }
                 Packet::PingReq => Some(Packet::PingResp),
@@ -273,6 +339,52 @@ impl Session<'_> {
                 }
             }
         }
+    }
+
+    /// Hands a message to its subscribers and goes on reading while it
+    /// waits for room: a subscriber's room comes back with its PUBACKs,
+    /// and this client may be that subscriber (or subscribed to by the
+    /// one it publishes to), so its acknowledgements and pings are
+    /// handled at once; anything else is held for after, up to
+    /// [`HELD_BYTES`].
+    async fn forward_reading(
+        &self,
+        reader: &mut Reader,
+        publish: Publish,
+        held: &mut Held,
+    ) -> Result<(), Ended> {
+        let delivered = forward(self.router, publish, self.client);
+        tokio::pin!(delivered);
+        loop {
+            if held.bytes >= HELD_BYTES {
+                delivered.await;
+                return Ok(());
+            }
+            tokio::select! {
+                biased;
+                () = &mut delivered => return Ok(()),
+                packet = self.read(reader) => match packet? {
+                    Packet::PubAck(a) => self.outbound.acked(a.pkid),
+                    Packet::PingReq => {
+                        if !self.outbound.reply(self.id, Packet::PingResp) {
+                            return Err(Ended::NotReading);
+                        }
+                    }
+                    other => {
+                        held.bytes += held_size(&other);
+                        held.packets.push_back(other);
+                    }
+                },
+            }
+        }
+    }
+}
+
+/// What a held packet counts against [`HELD_BYTES`].
+fn held_size(p: &Packet) -> usize {
+    match p {
+        Packet::Publish(p) => p.topic.len() + p.payload.len() + 16,
+        _ => 16,
     }
 }
 
@@ -294,6 +406,21 @@ async fn forward(router: &Router, publish: Publish, from: &str) {
     }
 }
 
+/// Writes all of `buf`, failing when a write makes no progress for
+/// [`WRITE_STALL`].
+async fn write_all(half: &mut OwnedWriteHalf, buf: &[u8]) -> std::io::Result<()> {
+    let mut at = 0;
+    while at < buf.len() {
+        match tokio::time::timeout(WRITE_STALL, half.write(&buf[at..])).await {
+            Ok(Ok(0)) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(Ok(n)) => at += n,
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(std::io::ErrorKind::TimedOut.into()),
+        }
+    }
+    Ok(())
+}
+
 async fn write_loop(
     mut half: OwnedWriteHalf,
     outbound: Arc<Outbound>,
@@ -310,7 +437,11 @@ async fn write_loop(
             break;
         }
         if outbound.encode(id, &mut buf) || !buf.is_empty() {
-            if half.write_all(&buf).await.is_err() {
+            let written = tokio::select! {
+                r = write_all(&mut half, &buf) => r.is_ok(),
+                _ = stop.cancelled() => false,
+            };
+            if !written {
                 break;
             }
             buf.clear();

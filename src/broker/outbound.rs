@@ -1,5 +1,6 @@
-//! What the broker still has to send to one client session: a queue
-//! bounded in bytes, and the QoS 1 messages sent but not acknowledged.
+//! What the broker keeps for one client session across its connections:
+//! the queue to send, bounded in bytes, the QoS 1 messages sent but not
+//! acknowledged, and the QoS 2 packet ids received but not released.
 //!
 //! The bound is what makes the broker both lossless and small (issue 15):
 //! a publisher that outruns a connected subscriber waits for room in that
@@ -8,7 +9,7 @@
 //! [`LAG_WAIT`] is marked lagging: from then on its messages are dropped
 //! (counted) instead of holding up every publisher, until it has caught up.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -31,7 +32,9 @@ pub const MAX_CONTROL: usize = 1024;
 
 struct Queued {
     publish: Publish,
-    _room: OwnedSemaphorePermit,
+    /// Its share of the queue's room; `None` for a retained copy queued
+    /// beyond the bound (see [`Outbound::queue_now`]).
+    _room: Option<OwnedSemaphorePermit>,
 }
 
 #[derive(Default)]
@@ -40,8 +43,14 @@ struct Queue {
     /// ahead of messages (a SUBACK before the retained messages it brings).
     control: VecDeque<Packet>,
     pending: VecDeque<Queued>,
-    inflight: BTreeMap<u16, Queued>,
+    /// In the order they were sent, which is the order they are sent
+    /// again in (packet ids wrap, so their order is not the ids' order).
+    inflight: VecDeque<(u16, Queued)>,
     last_pkid: u16,
+    /// QoS 2 packet ids delivered and not yet released by PUBREL: a
+    /// resend with the same id, also on the session's next connection,
+    /// is not delivered again (MQTT 3.1.1 §4.3.3).
+    qos2_received: HashSet<u16>,
     /// The connection writing the session out now.
     owner: Option<ConnectionId>,
     lagging: bool,
@@ -114,10 +123,44 @@ impl Outbound {
         };
         self.lock().pending.push_back(Queued {
             publish,
-            _room: room,
+            _room: Some(room),
         });
         self.wake.notify_waiters();
         Delivered::Queued
+    }
+
+    /// Queues a message without waiting, beyond the bound if there is no
+    /// room: for the retained copies a SUBSCRIBE brings, which the router
+    /// queues under its lock so that no newer live message can overtake
+    /// them, and whose memory the retained store bounds already. Waiting
+    /// there could also wait on the subscriber's own acknowledgements,
+    /// which only its reader, the one waiting, would read.
+    pub fn queue_now(&self, publish: Publish) {
+        let room = self
+            .room
+            .clone()
+            .try_acquire_many_owned(cost(&publish))
+            .ok();
+        let mut q = self.lock();
+        if q.owner.is_none() && publish.qos == QoS::AtMostOnce {
+            return;
+        }
+        q.pending.push_back(Queued {
+            publish,
+            _room: room,
+        });
+        drop(q);
+        self.wake.notify_waiters();
+    }
+
+    /// A QoS 2 PUBLISH arrived: whether it is new (to be delivered).
+    pub fn qos2_received(&self, pkid: u16) -> bool {
+        self.lock().qos2_received.insert(pkid)
+    }
+
+    /// The client released a QoS 2 packet id (PUBREL).
+    pub fn qos2_released(&self, pkid: u16) {
+        self.lock().qos2_received.remove(&pkid);
     }
 
     fn dropped(&self, timed_out: bool) -> Delivered {
@@ -170,9 +213,13 @@ impl Outbound {
 
     /// The client acknowledged a QoS 1 message.
     pub fn acked(&self, pkid: u16) {
-        if self.lock().inflight.remove(&pkid).is_some() {
-            self.wake.notify_waiters();
-        }
+        let mut q = self.lock();
+        let Some(at) = q.inflight.iter().position(|(id, _)| *id == pkid) else {
+            return;
+        };
+        q.inflight.remove(at);
+        drop(q);
+        self.wake.notify_waiters();
     }
 
     /// Whether connection `conn` still writes this session out.
@@ -187,7 +234,7 @@ impl Outbound {
         if q.owner != Some(conn) {
             return;
         }
-        for m in q.inflight.values_mut() {
+        for (_, m) in q.inflight.iter_mut() {
             m.publish.dup = true;
             // Encoding a publish we built ourselves cannot fail.
             let _ = m.publish.write(out);
@@ -227,7 +274,7 @@ impl Outbound {
             let pkid = next_pkid(&mut q);
             m.publish.pkid = pkid;
             let _ = m.publish.write(out);
-            q.inflight.insert(pkid, m);
+            q.inflight.push_back((pkid, m));
         }
         if q.pending.is_empty() {
             q.lagging = false;
@@ -240,7 +287,8 @@ fn next_pkid(q: &mut Queue) -> u16 {
     // At most MAX_INFLIGHT ids are taken, so a free one is near.
     loop {
         q.last_pkid = q.last_pkid.wrapping_add(1).max(1);
-        if !q.inflight.contains_key(&q.last_pkid) {
+        let id = q.last_pkid;
+        if !q.inflight.iter().any(|(taken, _)| *taken == id) {
             return q.last_pkid;
         }
     }
@@ -376,5 +424,38 @@ mod tests {
             4,
             "the QoS 0 message left with its connection"
         );
+    }
+
+    #[tokio::test]
+    async fn after_the_packet_ids_wrap_messages_are_sent_again_in_their_order() {
+        let o = Outbound::default();
+        o.set_owner(Some(1));
+        o.lock().last_pkid = u16::MAX - 2;
+        for i in 0..5u8 {
+            o.deliver(Publish::new("t", QoS::AtLeastOnce, vec![i]))
+                .await;
+        }
+        let mut buf = BytesMut::new();
+        o.encode(1, &mut buf);
+        let ids: Vec<u16> = decode(buf).iter().map(|p| p.pkid).collect();
+        assert_eq!(ids, vec![u16::MAX - 1, u16::MAX, 1, 2, 3]);
+        o.set_owner(None);
+        o.set_owner(Some(2));
+        let mut buf = BytesMut::new();
+        o.encode_unacked(2, &mut buf);
+        let order: Vec<u8> = decode(buf).iter().map(|p| p.payload[0]).collect();
+        assert_eq!(order, vec![0, 1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn qos2_ids_are_remembered_by_the_session_across_connections() {
+        let o = Outbound::default();
+        o.set_owner(Some(1));
+        assert!(o.qos2_received(9));
+        o.set_owner(None);
+        o.set_owner(Some(2));
+        assert!(!o.qos2_received(9), "a resend on the next connection");
+        o.qos2_released(9);
+        assert!(o.qos2_received(9));
     }
 }
